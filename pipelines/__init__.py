@@ -1,0 +1,1 @@
+"""tf.data input pipelines: decoding, quantization, TBPTT windows, datasets."""
