@@ -1,0 +1,35 @@
+"""Trains SampleRNN: `python -m samplernn_tf.train --data_dir=DIR --logdir=RUN [flags]`.
+
+Running the same command again resumes from the latest checkpoint in --logdir.
+See `--helpfull` for every flag and BUILD.md for examples.
+"""
+
+from __future__ import annotations
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from flags import train as train_flags
+from samplernn_tf import errors
+
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    with errors.exit_on_user_error():
+        config = train_flags.config_from_flags()
+        from samplernn_tf import training  # after flag parsing: keeps --help fast
+        result = training.run(config, FLAGS.data_dir, FLAGS.logdir,
+                              time_limit_minutes=FLAGS.time_limit_minutes,
+                              valid_batch_size=FLAGS.valid_batch_size, overwrite=FLAGS.overwrite)
+        logging.info("done: step %d, train %.4f bits/sample, best valid %s bits/sample",
+                     result.step, result.train_bits_per_sample,
+                     f"{result.best_valid_bits_per_sample:.4f}"
+                     if result.best_valid_bits_per_sample is not None else "n/a")
+
+
+if __name__ == "__main__":
+    train_flags.define_flags()
+    app.run(main)
