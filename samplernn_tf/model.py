@@ -309,6 +309,15 @@ class SampleRNN(keras.Model):
         self._require_state()
         return self._store.variables
 
+    def state_checkpoint(self):
+        """A tf.train.Checkpoint of the RNN-state variables alone, for a training job that wants
+        to resume mid-file (`tf.train.Checkpoint(model=..., rnn_state=model.state_checkpoint())`).
+        Such a checkpoint only restores into a model of the same batch size.
+        """
+        self._require_state()
+        flat = tf.nest.flatten(self._store.variables)
+        return tf.train.Checkpoint(**{f"state{k}": v for k, v in enumerate(flat)})
+
     def get_states(self):
         """Current RNN state as tensors (same structure as `initial_states`)."""
         self._require_state()

@@ -1,0 +1,215 @@
+"""Trainer core: model + optimizer + step counter, one compiled `train_step`, a stateless
+`eval_step`.
+
+The loop around it (data, checkpoint manager, summaries, validation) lives in `training.py`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+
+from samplernn_tf import losses
+from samplernn_tf.config import Config, ConfigError, TrainConfig
+from samplernn_tf.model import SampleRNN
+
+_COMPUTE_DTYPES = {"float32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+class LearningRate(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up to the peak rate, then 'constant', 'cosine' or 'exponential' decay.
+
+    With W = warmup_steps and s the optimizer step (0-based):
+      warm-up factor min(1, (s + 1) / W) (1 when W = 0), times
+      constant:    lr
+      cosine:      lr * (1 + cos(pi * min(1, (s - W) / (max_steps - W)))) / 2, 0 at max_steps
+      exponential: lr * decay_rate ** (max(0, s - W) / decay_steps)
+    """
+
+    def __init__(self, learning_rate: float, schedule: str = "constant", warmup_steps: int = 0,
+                 max_steps: int = 100000, decay_rate: float = 0.5, decay_steps: int = 100000):
+        self.learning_rate, self.schedule = float(learning_rate), schedule
+        self.warmup_steps, self.max_steps = int(warmup_steps), int(max_steps)
+        self.decay_rate, self.decay_steps = float(decay_rate), int(decay_steps)
+
+    @classmethod
+    def from_config_section(cls, tc: TrainConfig) -> "LearningRate":
+        return cls(tc.learning_rate, tc.lr_schedule, tc.warmup_steps, tc.max_steps,
+                   tc.lr_decay_rate, tc.lr_decay_steps)
+
+    def __call__(self, step):
+        s = tf.cast(step, tf.float32)
+        w = float(self.warmup_steps)
+        factor = tf.minimum(1.0, (s + 1.0) / w) if w > 0 else tf.constant(1.0)
+        after = tf.maximum(0.0, s - w)
+        if self.schedule == "cosine":
+            span = float(max(1, self.max_steps - self.warmup_steps))
+            factor *= 0.5 * (1.0 + tf.cos(math.pi * tf.minimum(1.0, after / span)))
+        elif self.schedule == "exponential":
+            factor *= tf.pow(self.decay_rate, after / float(self.decay_steps))
+        elif self.schedule != "constant":
+            raise ValueError(f"unknown lr schedule {self.schedule!r}")
+        return self.learning_rate * factor
+
+    def get_config(self):
+        return {"learning_rate": self.learning_rate, "schedule": self.schedule,
+                "warmup_steps": self.warmup_steps, "max_steps": self.max_steps,
+                "decay_rate": self.decay_rate, "decay_steps": self.decay_steps}
+
+
+def batch_spec(config: Config, batch_size: int | None):
+    """The training batch's TensorSpec dict (see the data contract in `pipelines.dataset`)."""
+    fs, seq_len = config.model.frame_sizes, config.data.seq_len
+    return {
+        "tier_inputs": tuple(tf.TensorSpec([batch_size, seq_len // f, f], tf.int32) for f in fs),
+        "sample_inputs": tf.TensorSpec([batch_size, seq_len, fs[-1]], tf.int32),
+        "targets": tf.TensorSpec([batch_size, seq_len], tf.int32),
+        "weights": tf.TensorSpec([batch_size, seq_len], tf.float32),
+        "reset": tf.TensorSpec([batch_size], tf.bool),
+    }
+
+
+class Trainer:
+    """Owns the stateful model, the optimizer, the step counter and a checkpoint of the three.
+
+    Args:
+      config: the run Config.
+      strategy: a tf.distribute.Strategy (default: the current/default one). The model is built
+        with batch_size / num_replicas rows per replica.
+      jit_compile: compile the train step with XLA.
+
+    Attributes:
+      model: SampleRNN (stateful, per-replica batch size).
+      optimizer: Adam (wrapped in a LossScaleOptimizer for fp16) with a `LearningRate` schedule.
+      step: int64 tf.Variable, incremented by every train_step.
+      checkpoint: tf.train.Checkpoint(model=, optimizer=, step=) (no RNN state).
+      train_step: tf.function(batch) -> {'bits_per_sample', 'grad_norm', 'learning_rate'}.
+      eval_step: tf.function(batch, states) -> (sum_nll_nats, num_targets, new_states).
+
+    Raises:
+      ConfigError: batch_size is not divisible by the number of replicas.
+    """
+
+    def __init__(self, config: Config, strategy: tf.distribute.Strategy | None = None,
+                 jit_compile: bool = False):
+        self.config = config
+        tc = config.train
+        self.strategy = strategy or tf.distribute.get_strategy()
+        replicas = self.strategy.num_replicas_in_sync
+        if tc.batch_size % replicas:
+            raise ConfigError(f"--batch_size: {tc.batch_size} is not divisible by the "
+                              f"{replicas} replicas of the distribution strategy")
+        self.per_replica_batch_size = tc.batch_size // replicas
+        self.compute_dtype = _COMPUTE_DTYPES[tc.mixed_precision]
+        self.fp16 = tc.mixed_precision == "fp16"
+        with self.strategy.scope():
+            self.model = SampleRNN(config.model, batch_size=self.per_replica_batch_size,
+                                   compute_dtype=self.compute_dtype)
+            self.learning_rate = LearningRate.from_config_section(tc)
+            optimizer = keras.optimizers.Adam(learning_rate=self.learning_rate)
+            self._adam = optimizer
+            if self.fp16:
+                optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+            self.optimizer = optimizer
+            # Keras 3 + tf.distribute: slots must exist, inside the scope, before the first step.
+            self.optimizer.build(self.model.trainable_variables)
+        # Outside the scope: only updated in cross-replica context, and `int(step)` stays valid.
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
+                                              step=self.step)
+        spec = batch_spec(config, tc.batch_size if replicas == 1 else None)
+        self.train_step = tf.function(self._train_step, input_signature=[spec],
+                                      jit_compile=jit_compile)
+        states_spec = tf.nest.map_structure(lambda t: tf.TensorSpec([None, t.shape[-1]], t.dtype),
+                                            self.model.initial_states(1))
+        self.eval_step = tf.function(self._eval_step,
+                                     input_signature=[batch_spec(config, None), states_spec])
+
+    def distribute(self, dataset: tf.data.Dataset):
+        """For a multi-replica strategy: distributes `dataset` (global batches) and recompiles
+        `train_step` for its per-replica element spec. Returns the distributed dataset."""
+        dist = self.strategy.experimental_distribute_dataset(dataset)
+        self.train_step = tf.function(self._train_step, input_signature=[dist.element_spec])
+        return dist
+
+    # ------------------------------------------------------------------------------ training --
+
+    def _clip(self, grads, norm):
+        tc = self.config.train
+        if tc.clip_type == "norm":
+            return tf.clip_by_global_norm(grads, tc.clip_value, use_norm=norm)[0]
+        if tc.clip_type == "value":
+            return [tf.clip_by_value(g, -tc.clip_value, tc.clip_value) for g in grads]
+        return grads
+
+    def _replica_step(self, batch):
+        ctx = tf.distribute.get_replica_context()
+        replicas = self.strategy.num_replicas_in_sync
+        variables = self.model.trainable_variables
+        local_count = tf.reduce_sum(batch["weights"])
+        count = ctx.all_reduce(tf.distribute.ReduceOp.SUM, local_count) if replicas > 1 else local_count
+        scale = tf.cast(self.optimizer.dynamic_scale, tf.float32) if self.fp16 else None
+        with tf.GradientTape() as tape:
+            logits = self.model(batch, training=True)
+            nll, _ = losses.nll_nats(logits, batch["targets"], batch["weights"])
+            local_nll = tf.reduce_sum(nll)
+            loss = local_nll / tf.maximum(count, 1.0)
+            if scale is not None:
+                loss = loss * scale
+        grads = tape.gradient(loss, variables)
+        grads = [tf.convert_to_tensor(g) for g in grads]
+        if replicas > 1:
+            # Clip the summed gradient, not each replica's part of it.
+            grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        if scale is not None:
+            grads = [g / scale for g in grads]
+        norm = tf.linalg.global_norm(grads)
+        lr = tf.convert_to_tensor(self._adam.learning_rate, tf.float32)
+        grads = self._clip(grads, norm)
+        if scale is not None:
+            # Hand the LossScaleOptimizer scaled gradients again (exact: scale is a power of two);
+            # any non-finite raw gradient must stay non-finite so that it skips the step.
+            finite = tf.math.is_finite(norm)
+            grads = [g * tf.where(finite, scale, math.nan) for g in grads]
+        if replicas > 1:
+            # Keras's optimizer sums gradients across replicas again; hand it one share each.
+            grads = [g / replicas for g in grads]
+        self.optimizer.apply(grads, variables)
+        return local_nll, local_count, norm, lr
+
+    def _train_step(self, batch):
+        """One TBPTT window of every row: forward, weighted NLL, clip, Adam step, step += 1.
+
+        Args:
+          batch: the data-contract dict of global (or distributed) batches.
+
+        Returns:
+          {'bits_per_sample', 'grad_norm' (before clipping), 'learning_rate'}: float32 scalars.
+        """
+        nll, count, norm, lr = self.strategy.run(self._replica_step, args=(batch,))
+        nll = self.strategy.reduce(tf.distribute.ReduceOp.SUM, nll, axis=None)
+        count = self.strategy.reduce(tf.distribute.ReduceOp.SUM, count, axis=None)
+        norm = self.strategy.experimental_local_results(norm)[0]
+        lr = self.strategy.experimental_local_results(lr)[0]
+        self.step.assign_add(1)
+        return {"bits_per_sample": losses.nats_to_bits(tf.math.divide_no_nan(nll, count)),
+                "grad_norm": norm, "learning_rate": lr}
+
+    # ---------------------------------------------------------------------------- evaluation --
+
+    def _eval_step(self, batch, states):
+        """Stateless evaluation of one window; the training RNN state is not touched.
+
+        Args:
+          batch: data-contract dict, any number of rows R.
+          states: the model's state structure for R rows (`model.initial_states(R)` at first).
+
+        Returns:
+          (sum_nll_nats float32 scalar, num_targets float32 scalar, new states).
+        """
+        states = self.model.apply_reset(states, batch["reset"])
+        logits, states = self.model.forward(batch, states, training=False)
+        nll, count = losses.nll_nats(logits, batch["targets"], batch["weights"])
+        return tf.reduce_sum(nll), tf.reduce_sum(count), states
