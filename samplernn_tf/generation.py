@@ -1,0 +1,617 @@
+"""Autoregressive generation, priming and scoring with explicit state, in one graph per call.
+
+Design (see also docs/serving.md):
+  * One `tf.while_loop` over top-tier frames inside one `tf.function`; no Python per sample or
+    per frame. The loop body generates one whole top frame (B samples): it is unrolled
+    statically in Python, so each frame tier runs exactly once per its frame and the
+    sample-level MLP once per sample, with every slice index known at trace time.
+  * The body can be XLA-compiled on its own (`jit=True`): the loop stays a plain TF loop over a
+    dynamic number of frames, so one compilation serves every length and batch size is the
+    only shape XLA sees change. (A jit over the whole loop would need a static length and
+    recompile per length.)
+  * The weights are read from the model once per call, outside the loop: weight-normalized
+    kernels and the sample MLP's [F, Q, D] lookup table (gather-sum replaces embedding+matmul).
+    The state is carried as tensors; the stateful training variables are never touched, so
+    concurrent calls share nothing.
+  * Sampling is Gumbel-max, `argmax(logits / T + g)`, with the noise `g` drawn from a
+    counter-based integer hash of (seed, position, row, class). `tf.random.stateless_categorical`
+    would be the obvious choice, but it has no XLA kernel for int64 seeds and XLA's stateless RNG
+    draws a different stream than TF's kernels, so the same seed would give different audio
+    with and without XLA (e.g. under TF Serving without XLA). The hash is exact integer math, so
+    the noise is bit-identical on every path; position-keyed noise also makes chunked
+    generation equal one-shot generation.
+  * Positions: the generated stream is the training stream of a file: B samples of silence,
+    then the prime (if any), then the new samples, exactly as `pipelines.windows.pad_for_windows`
+    lays out a file. Top frame j reads stream[jB : (j+1)B] and conditions targets
+    stream[(j+1)B : (j+2)B]; a tier of frame size f reads the f codes before its targets.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import numpy as np
+import tensorflow as tf
+
+from samplernn_tf import quantization
+from samplernn_tf.config import Config
+from samplernn_tf.layers import gru_cell, lstm_cell
+
+# Beyond this many samples per top frame the unrolled body gets large (graph size and XLA
+# compile time grow linearly); still correct, only slower to build.
+MAX_UNROLL = 512
+
+
+# ------------------------------------------------------------------------------ noise --
+
+def _fmix32(h):
+    """MurmurHash3's 32-bit finalizer: a bijective avalanche mix of uint32 tensors."""
+    h = tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, 16))
+    h = h * tf.constant(0x85EBCA6B, tf.uint32)
+    h = tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, 13))
+    h = h * tf.constant(0xC2B2AE35, tf.uint32)
+    return tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, 16))
+
+
+def _class_keys(q_levels: int) -> np.ndarray:
+    """uint32 [Q]: a hashed key per class (NumPy, the same mix as `_fmix32`)."""
+    with np.errstate(over="ignore"):
+        h = np.arange(q_levels, dtype=np.uint32) * np.uint32(0x85EBCA77) + np.uint32(0x165667B1)
+        h ^= h >> np.uint32(16)
+        h *= np.uint32(0x85EBCA6B)
+        h ^= h >> np.uint32(13)
+        h *= np.uint32(0xC2B2AE35)
+        h ^= h >> np.uint32(16)
+    return h
+
+
+def seed_key(seed):
+    """int64 scalar seed -> uint32 [2] key."""
+    words = tf.bitcast(tf.cast(seed, tf.int64), tf.uint32)  # [lo, hi]
+    k0 = _fmix32(words[0] ^ tf.constant(0x3C6EF372, tf.uint32))
+    k1 = _fmix32(words[1] ^ k0 ^ tf.constant(0xA54FF53A, tf.uint32))
+    return tf.stack([k0, k1])
+
+
+def gumbel_noise(key, positions, batch_size, q_levels: int):
+    """Standard Gumbel noise, a pure function of (key, position, row, class).
+
+    Args:
+      key: uint32 [2], from `seed_key`.
+      positions: int64 [P], absolute stream positions.
+      batch_size: int32 scalar, rows.
+      q_levels: Q.
+
+    Returns:
+      float32 [batch_size, P, Q].
+    """
+    pw = tf.bitcast(tf.cast(positions, tf.int64), tf.uint32)               # [P, 2]
+    hp = _fmix32(_fmix32(pw[:, 0] + key[0]) ^ (pw[:, 1] + key[1]))         # [P]
+    rows = tf.cast(tf.range(batch_size, dtype=tf.int32), tf.uint32) * tf.constant(0x9E3779B9, tf.uint32)
+    hr = _fmix32(hp[None, :] ^ (rows[:, None] + tf.constant(0x7F4A7C15, tf.uint32)))  # [b, P]
+    classes = tf.constant(_class_keys(q_levels))                            # [Q]
+    h = _fmix32(hr[:, :, None] ^ classes[None, None, :])                    # [b, P, Q]
+    u = (tf.cast(tf.bitwise.right_shift(h, 8), tf.float32) + 0.5) * (1.0 / (1 << 24))  # (0, 1)
+    return -tf.math.log(-tf.math.log(u))
+
+
+# ----------------------------------------------------------------------------- the core --
+
+class GenerationCore:
+    """The graph-building functions shared by in-process generation and the SavedModel.
+
+    Every method builds ops (call it inside a `tf.function`); none reads or writes a variable
+    other than the model weights. Shapes: b rows, B top frame size, F bottom frame size,
+    Q levels, D dim.
+
+    Args:
+      model: a `samplernn_tf.model.SampleRNN` (any batch_size; its state variables are unused).
+      config: the run's Config (quantization, normalization, seq_len).
+      jit: XLA-compile the per-frame loop body.
+    """
+
+    def __init__(self, model, config: Config, jit: bool = True):
+        self.model = model
+        self.config = config
+        m = config.model
+        self.frame_sizes = m.frame_sizes
+        self.B, self.F, self.Q, self.D = m.top_frame_size, m.bottom_frame_size, m.q_levels, m.dim
+        self.ratios = [t.ratio for t in model.tiers]
+        self.cdtype = model.cdtype
+        self.pad_code = quantization.zero_code(config.data.q_type, self.Q)
+        self.jit = jit
+        self._body_jit = tf.function(self.frame_body, jit_compile=True)
+
+    # -- weights ---------------------------------------------------------------------------
+
+    def _dense(self, layer):
+        w = tf.cast(layer.kernel.value(), self.cdtype)
+        b = None if layer.bias is None else tf.cast(layer.bias, self.cdtype)
+        return w, b
+
+    def params(self):
+        """The effective weights, computed once per call: a nested structure of tensors."""
+        tiers = []
+        for tier in self.model.tiers:
+            rnns = []
+            for rnn in tier.rnns:
+                rnns.append({
+                    "input": self._dense(rnn.input_proj),
+                    "u": rnn.recurrent_kernel(),
+                    "b": (tf.convert_to_tensor(rnn.recurrent_bias) if rnn.recurrent_bias is not None
+                          else tf.zeros([0])),
+                })
+            tiers.append({"expand": self._dense(tier.expand), "rnns": rnns,
+                          "upsample": self._dense(tier.upsample)})
+        mlp = self.model.sample_mlp
+        table = tf.reshape(mlp.table(), [self.F * self.Q, self.D])
+        return {"tiers": tiers, "table": table,
+                "hidden": [self._dense(layer) for layer in mlp.hidden],
+                "out": self._dense(mlp.output_layer)}
+
+    # -- one step of each part, the same arithmetic as the model's window functions ----------
+
+    def _affine(self, x, wb):
+        w, b = wb
+        y = tf.matmul(tf.cast(x, self.cdtype), w)
+        return y if b is None else tf.nn.bias_add(y, b)
+
+    def tier_step(self, k, p, frame, cond, state):
+        """Tier k on ONE frame (as `FrameTier.step`, with precomputed weights).
+
+        Args:
+          k: tier index (0 = top). p: `params()['tiers'][k]`.
+          frame: int32 [b, f]. cond: [b, D] or None. state: tuple over layers.
+
+        Returns:
+          (conditioning for the tier below, [b, ratio*D] in the compute dtype; new state).
+        """
+        tier = self.model.tiers[k]
+        x = self._affine(quantization.frame_tier_input(frame, self.Q), p["expand"])
+        if cond is not None:
+            x = x + tf.cast(cond, self.cdtype)
+        outputs, new_state = [], []
+        for j, (rnn, rp) in enumerate(zip(tier.rnns, p["rnns"])):
+            inp = x
+            if j > 0:
+                inp = outputs[-1] if not tier.skip else tf.concat(
+                    [x, tf.cast(outputs[-1], self.cdtype)], axis=-1)
+            xp = tf.cast(self._affine(inp, rp["input"]), tf.float32)
+            if rnn.rnn_type == "gru":
+                h = gru_cell(xp, state[j][0], rp["u"], rp["b"])
+                s = (h,)
+            else:
+                h, c = lstm_cell(xp, state[j][0], state[j][1], rp["u"])
+                s = (h, c)
+            outputs.append(h)
+            new_state.append(s)
+        out = tf.add_n(outputs) if tier.skip else outputs[-1]
+        return self._affine(tf.cast(out, self.cdtype), p["upsample"]), tuple(new_state)
+
+    def mlp_logits(self, p, prev_codes, cond):
+        """Sample MLP for one sample via the lookup table: int32 [b, F], [b, D] -> f32 [b, Q]."""
+        idx = prev_codes + tf.range(self.F, dtype=tf.int32) * self.Q
+        h = tf.reduce_sum(tf.gather(p["table"], idx), axis=-2)
+        h = tf.nn.relu(h + tf.cast(cond, self.cdtype))
+        for wb in p["hidden"]:
+            h = tf.nn.relu(self._affine(h, wb))
+        return tf.cast(self._affine(h, p["out"]), tf.float32)
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def frame_body(self, p, states, last, pos, key, temps, forced, force_mask, want_logits=False):
+        """Generates one top frame: B new samples. Statically unrolled.
+
+        Args:
+          p: `params()`.
+          states: the model's state structure.
+          last: int32 [b, B], the B codes before this frame's targets (the top tier's input).
+          pos: int64 scalar, stream position of the frame's first target (keys the noise).
+          key: uint32 [2]. temps: float32 [b] temperatures.
+          forced: int32 [b, B]; force_mask: bool [B]: where set, the code at that position is
+            taken from `forced` instead of sampled (the tail of a prime).
+          want_logits: also return the logits (tests and analysis).
+
+        Returns:
+          (codes int32 [b, B], new states, logits float32 [b, B, Q] or None).
+        """
+        b = tf.shape(last)[0]
+        noise = gumbel_noise(key, pos + tf.range(self.B, dtype=tf.int64), b, self.Q)
+        inv_t = 1.0 / temps[:, None]
+        hist = tf.unstack(last, num=self.B, axis=1)
+        forced_cols = tf.unstack(forced, num=self.B, axis=1)
+        mask_cols = tf.unstack(force_mask, num=self.B)
+        new_states = list(states)
+        codes, logits_out = [], []
+        last_tier = len(self.frame_sizes) - 1
+
+        def sample(cond):
+            i = len(codes)
+            logits = self.mlp_logits(p, tf.stack(hist[-self.F:], axis=1), cond)
+            code = tf.argmax(logits * inv_t + noise[:, i], axis=-1, output_type=tf.int32)
+            code = tf.where(mask_cols[i], forced_cols[i], code)
+            hist.append(code)
+            codes.append(code)
+            if want_logits:
+                logits_out.append(logits)
+
+        def run_tier(k, cond):
+            f = self.frame_sizes[k]
+            up, new_states[k] = self.tier_step(k, p["tiers"][k], tf.stack(hist[-f:], axis=1), cond,
+                                               new_states[k])
+            for r in range(self.ratios[k]):
+                c = up[:, r * self.D:(r + 1) * self.D]
+                if k == last_tier:
+                    sample(c)
+                else:
+                    run_tier(k + 1, c)
+
+        run_tier(0, None)
+        logits = tf.stack(logits_out, axis=1) if want_logits else None
+        return tf.stack(codes, axis=1), tuple(new_states), logits
+
+    def run_frames(self, p, states, last, pos, num_frames, temps, key, forced, force_mask,
+                   want_logits=False):
+        """Generates `num_frames` top frames in a tf.while_loop.
+
+        Args:
+          as `frame_body`; `pos` is the position of the first frame's first target, and the
+          force mask applies to the first frame only. num_frames: int32 scalar >= 0.
+
+        Returns:
+          (codes int32 [b, num_frames*B], new states, new last [b, B], logits [b, n*B, Q] or None).
+        """
+        body_fn = self._body_jit if self.jit else self.frame_body
+        b = tf.shape(last)[0]
+        ta = tf.TensorArray(tf.int32, size=num_frames, element_shape=tf.TensorShape([None, self.B]))
+        lta = tf.TensorArray(tf.float32, size=num_frames if want_logits else 0,
+                             element_shape=tf.TensorShape([None, self.B, self.Q]))
+        no_force = tf.zeros([self.B], tf.bool)
+
+        def body(i, states, last, mask, ta, lta):
+            codes, states, logits = body_fn(p, states, last, pos + tf.cast(i, tf.int64) * self.B,
+                                            key, temps, forced, mask, want_logits)
+            if want_logits:
+                lta = lta.write(i, logits)
+            return i + 1, states, codes, no_force, ta.write(i, codes), lta
+
+        _, states, last, _, ta, lta = tf.while_loop(
+            lambda i, *_: i < num_frames, body, (tf.constant(0), states, last, force_mask, ta, lta),
+            parallel_iterations=1)
+        codes = tf.reshape(tf.transpose(ta.stack(), [1, 0, 2]), [b, num_frames * self.B])
+        logits = None
+        if want_logits:
+            logits = tf.reshape(tf.transpose(lta.stack(), [1, 0, 2, 3]), [b, -1, self.Q])
+        return codes, states, last, logits
+
+    # -- starting points ---------------------------------------------------------------------
+
+    def start(self, batch_size):
+        """Unprimed start: (states, last, forced, force_mask, num_forced) for `batch_size` rows."""
+        states = self.model.initial_states(batch_size)
+        last = tf.fill(tf.stack([batch_size, self.B]), self.pad_code)
+        return states, last, tf.zeros_like(last), tf.zeros([self.B], tf.bool), tf.constant(0)
+
+    def quantize_audio(self, audio):
+        """float32 [b, T] -> int32 codes [b, T], each row normalized as the pipeline does a file."""
+        from pipelines import audio as audio_lib
+        d = self.config.data
+        x = tf.map_fn(lambda row: audio_lib.normalize(row, d.normalize, d.remove_dc), audio,
+                      fn_output_signature=tf.float32)
+        return quantization.encode(x, d.q_type, self.Q)
+
+    def check_audio(self, audio, what: str, min_length: int):
+        """Graph-time checks of float32 [b, T] audio. Returns `audio` with the checks attached."""
+        checks = [
+            tf.debugging.assert_rank(audio, 2, message=f"{what} must be float32 [batch, time]"),
+            tf.debugging.Assert(tf.shape(audio)[1] >= min_length, [
+                f"{what} must have at least {min_length} samples (one top frame) at "
+                f"{self.config.data.sample_rate} Hz; got", tf.shape(audio)[1]]),
+            tf.debugging.Assert(tf.reduce_all(tf.math.is_finite(audio)),
+                                [f"{what} has non-finite values (NaN or Inf)"]),
+        ]
+        with tf.control_dependencies(checks):
+            return tf.identity(audio)
+
+    def _tiers_over(self, stream, start, length, states):
+        """Runs the frame tiers (teacher-forced, no MLP) over targets stream[:, start+B : +length].
+
+        `length` is a multiple of B (static or dynamic). Returns the new states.
+        """
+        new_states, cond = [], None
+        last = len(self.model.tiers) - 1
+        for k, (tier, f) in enumerate(zip(self.model.tiers, self.frame_sizes)):
+            span = stream[:, start + self.B - f: start + self.B - f + length]
+            codes = tf.reshape(span, tf.stack([tf.shape(stream)[0], length // f, f]))
+            if k < last:
+                cond, s = tier.run_time_major(tf.transpose(codes, [1, 0, 2]), cond, states[k])
+            else:  # the lowest tier's upsampled output would only feed the MLP: skip it
+                x = tier._rnn_input(tf.transpose(codes, [1, 0, 2]), cond)
+                _, s = tier._stack(x, states[k], lambda rnn, i, st: rnn.call(i, st), False)
+            new_states.append(s)
+        return tuple(new_states)
+
+    def prime(self, audio, batch_size):
+        """Warms the state up on a prime clip (teacher forcing through every tier).
+
+        Args:
+          audio: float32 [1 or b, T] at the model rate, T >= B; a single row is repeated.
+          batch_size: b.
+
+        Returns:
+          (states, last, forced, force_mask, num_forced k): the state after the T // B whole
+          top frames of the prime; its last k = T mod B codes are forced in the first frame.
+        """
+        audio = self.check_audio(audio, "prime", self.B)
+        rows = tf.shape(audio)[0]
+        with tf.control_dependencies([tf.debugging.Assert(
+                (rows == 1) | (rows == batch_size),
+                ["prime must have 1 row or batch_size rows; got rows, batch_size:", rows, batch_size])]):
+            audio = tf.cond(rows == 1, lambda: tf.tile(audio, tf.stack([batch_size, 1])),
+                            lambda: tf.identity(audio))
+        codes = self.quantize_audio(audio)
+        t = tf.shape(codes)[1]
+        B, L = self.B, self.config.data.seq_len
+        whole = (t // B) * B
+        k = t - whole
+        stream = tf.concat([tf.fill(tf.stack([batch_size, B]), self.pad_code), codes], axis=1)
+        states = self.model.initial_states(batch_size)
+        # Training's windows: full windows of L targets, state carried; then the remainder.
+        n_full = whole // L
+
+        def window(w, states):
+            return w + 1, self._tiers_over(stream, w * L, L, states)
+        _, states = tf.while_loop(lambda w, _: w < n_full, window, (tf.constant(0), states),
+                                  parallel_iterations=1)
+        rest = whole - n_full * L
+        states = tf.cond(rest > 0, lambda: self._tiers_over(stream, n_full * L, rest, states),
+                         lambda: states)
+        last = stream[:, whole: whole + B]            # the input of the partial/next top frame
+        tail = tf.pad(codes[:, whole:], [[0, 0], [0, B - k]], constant_values=self.pad_code)
+        force_mask = tf.range(B) < k
+        return states, last, tf.reshape(tail, [batch_size, B]), force_mask, k
+
+    # -- whole calls -------------------------------------------------------------------------
+
+    def check_request(self, num_samples, temperature):
+        return [
+            tf.debugging.Assert(num_samples > 0, ["num_samples must be positive; got", num_samples]),
+            tf.debugging.Assert(tf.reduce_all(temperature > 0),
+                                ["temperature must be > 0; got", temperature]),
+        ]
+
+    def generate(self, num_samples, batch_size, temperature, seed, prime=None, want_logits=False):
+        """The whole generation in one graph.
+
+        Args:
+          num_samples: int32 scalar > 0. batch_size: int32 scalar > 0.
+          temperature: float32 scalar or [batch_size], > 0. seed: int64 scalar.
+          prime: optional float32 [1 or b, T] audio at the model rate.
+
+        Returns:
+          dict: 'audio' float32 [b, N], 'codes' int32 [b, N] (and 'logits' [b, N, Q]).
+        """
+        num_samples = tf.cast(num_samples, tf.int32)
+        batch_size = tf.cast(batch_size, tf.int32)
+        temperature = tf.cast(temperature, tf.float32)
+        with tf.control_dependencies(self.check_request(num_samples, temperature) + [
+                tf.debugging.Assert(batch_size > 0, ["batch_size must be positive; got", batch_size])]):
+            temps = tf.broadcast_to(temperature, tf.reshape(batch_size, [1]))
+        if prime is None:
+            states, last, forced, mask, k = self.start(batch_size)
+        else:
+            states, last, forced, mask, k = self.prime(prime, batch_size)
+        num_frames = (k + num_samples + self.B - 1) // self.B
+        p = self.params()
+        codes, _, _, logits = self.run_frames(p, states, last, tf.constant(0, tf.int64), num_frames,
+                                              temps, seed_key(seed), forced, mask, want_logits)
+        codes = codes[:, k:k + num_samples]
+        out = {"audio": quantization.decode(codes, self.config.data.q_type, self.Q), "codes": codes}
+        if want_logits:
+            out["logits"] = logits[:, k:k + num_samples]
+        return out
+
+    def score(self, audio):
+        """NLL in bits per sample of each row, as `samplernn_tf.evaluate` computes it for a file.
+
+        Each row is one file: normalized, quantized, front-padded with B silence samples and
+        back-padded to whole windows of seq_len (padding weighted 0), state carried across
+        windows from the initial state.
+
+        Args:
+          audio: float32 [b, T] at the model rate, T >= 1.
+
+        Returns:
+          float32 [b].
+        """
+        audio = self.check_audio(audio, "audio", 1)
+        codes = self.quantize_audio(audio)
+        b, t = tf.shape(codes)[0], tf.shape(codes)[1]
+        B, L = self.B, self.config.data.seq_len
+        n = (t + L - 1) // L
+        total = n * L
+        stream = tf.concat([tf.fill(tf.stack([b, B]), self.pad_code), codes,
+                            tf.fill(tf.stack([b, total - t]), self.pad_code)], axis=1)
+        weights = tf.cast(tf.range(total) < t, tf.float32)
+        from pipelines.windows import tbptt_windows
+
+        def window(w, states, acc):
+            win = stream[:, w * L: w * L + L + B]
+            parts = tbptt_windows(tf.reshape(win, tf.stack([b, L + B])), L, self.frame_sizes)
+            inputs = {"tier_inputs": tuple(x[:, 0] for x in parts["tier_inputs"]),
+                      "sample_inputs": parts["sample_inputs"][:, 0]}
+            logits, states = self.model.forward(inputs, states, training=False)
+            nll = tf.nn.sparse_softmax_cross_entropy_with_logits(
+                labels=parts["targets"][:, 0], logits=tf.cast(logits, tf.float32))
+            return w + 1, states, acc + tf.reduce_sum(nll * weights[w * L: w * L + L], axis=1)
+
+        _, _, acc = tf.while_loop(lambda w, *_: w < n, window,
+                                  (tf.constant(0), self.model.initial_states(b), tf.zeros([b])),
+                                  parallel_iterations=1)
+        return acc / tf.cast(t, tf.float32) / math.log(2.0)
+
+
+# ------------------------------------------------------------------------ in-process API --
+
+class Generator:
+    """Generates audio with a trained model. Thread-safe: calls share no state.
+
+    Args:
+      model: a `SampleRNN` holding the trained weights (any batch_size).
+      config: the run's Config.
+      jit: XLA-compile the per-frame body; None = on for dim <= 512 (where per-op overhead
+        dominates), off above (matrix-vector bound; see bench/generate_speed.py).
+    """
+
+    def __init__(self, model, config: Config, jit: bool | None = None):
+        if jit is None:
+            jit = config.model.dim <= 512
+        self.config = config
+        self.core = GenerationCore(model, config, jit=jit)
+        if config.model.top_frame_size > MAX_UNROLL:
+            from absl import logging
+            logging.warning("top frame size %d: the unrolled loop body is large (slow to build)",
+                            config.model.top_frame_size)
+        state_spec = tf.nest.map_structure(lambda s: tf.TensorSpec([None, s.shape[-1]], s.dtype),
+                                           model.initial_states(1))
+        B = config.model.top_frame_size
+        i32, f32 = tf.TensorSpec([], tf.int32), tf.TensorSpec([None], tf.float32)
+        self._generate = tf.function(self.core.generate, reduce_retracing=True)
+        self._start = tf.function(self.core.start, input_signature=[i32])
+        self._prime = tf.function(self.core.prime, input_signature=[
+            tf.TensorSpec([None, None], tf.float32), i32])
+        self._run = tf.function(
+            lambda states, last, pos, n, temps, seed, forced, mask: self.core.run_frames(
+                self.core.params(), states, last, pos, n, temps, seed_key(seed), forced, mask)[:3],
+            input_signature=[state_spec, tf.TensorSpec([None, B], tf.int32),
+                             tf.TensorSpec([], tf.int64), i32, f32, tf.TensorSpec([], tf.int64),
+                             tf.TensorSpec([None, B], tf.int32), tf.TensorSpec([B], tf.bool)])
+
+    # -- argument checks (Python, before any graph runs) -------------------------------------
+
+    def _check(self, num_samples, batch_size, temperature):
+        if int(num_samples) != num_samples or num_samples <= 0:
+            raise ValueError(f"num_samples must be a positive integer, got {num_samples}")
+        if int(batch_size) != batch_size or batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+        t = np.asarray(temperature, np.float32)
+        if t.ndim > 1 or (t.ndim == 1 and t.shape[0] != batch_size):
+            raise ValueError(f"temperature must be a scalar or [batch_size={batch_size}], "
+                             f"got shape {t.shape}")
+        if not np.all(np.isfinite(t)) or np.any(t <= 0):
+            raise ValueError(f"temperature must be > 0 (and finite), got {temperature}")
+        return np.broadcast_to(t, [batch_size]).astype(np.float32)
+
+    def check_prime(self, prime, batch_size: int, prime_sample_rate: int | None = None):
+        """Validates a prime clip and returns it as float32 [rows, T] (rows = 1 or batch_size).
+
+        Raises:
+          ValueError: wrong rank or row count, shorter than one top frame, non-finite values,
+            or at another sample rate than the model's.
+        """
+        rate = self.config.data.sample_rate
+        if prime_sample_rate is not None and int(prime_sample_rate) != rate:
+            raise ValueError(f"prime is at {prime_sample_rate} Hz but the model runs at {rate} Hz; "
+                             f"resample it first (pipelines.audio.resample)")
+        x = np.asarray(prime, np.float32)
+        if x.ndim == 1:
+            x = x[None]
+        if x.ndim != 2:
+            raise ValueError(f"prime must be float audio [time] or [batch, time], got shape {x.shape}")
+        if x.shape[0] not in (1, batch_size):
+            raise ValueError(f"prime has {x.shape[0]} rows; expected 1 or batch_size={batch_size}")
+        B = self.config.model.top_frame_size
+        if x.shape[1] < B:
+            raise ValueError(f"prime has {x.shape[1]} samples; it needs at least one top frame "
+                             f"({B} samples at {rate} Hz)")
+        if not np.all(np.isfinite(x)):
+            raise ValueError("prime has non-finite values (NaN or Inf)")
+        return x
+
+    # -- public API --------------------------------------------------------------------------
+
+    def generate(self, num_samples: int, batch_size: int = 1, temperature=1.0, seed: int = 0,
+                 prime=None, prime_sample_rate: int | None = None):
+        """Generates `batch_size` sequences of `num_samples` samples.
+
+        Args:
+          num_samples: length N in samples (> 0).
+          batch_size: rows b (> 0).
+          temperature: > 0, a scalar or one per row [b]. Near 0 = greedy.
+          seed: integer; the same seed (and arguments) gives the same audio.
+          prime: optional float audio [T] or [1 or b, T] at the model's sample rate, T >= one
+            top frame. It is normalized and quantized like training data, the whole clip warms
+            the state up, and generation continues from its end.
+          prime_sample_rate: if given, must equal the model's rate.
+
+        Returns:
+          (audio float32 [b, N] in [-1, 1], codes int32 [b, N]), NumPy arrays.
+
+        Raises:
+          ValueError: for any invalid argument.
+        """
+        temps = self._check(num_samples, batch_size, temperature)
+        kw = {}
+        if prime is not None:
+            kw["prime"] = tf.constant(self.check_prime(prime, batch_size, prime_sample_rate))
+        out = self._generate(tf.constant(num_samples, tf.int32), tf.constant(batch_size, tf.int32),
+                             tf.constant(temps), tf.constant(seed, tf.int64), **kw)
+        return out["audio"].numpy(), out["codes"].numpy()
+
+    def generate_with_logits(self, num_samples: int, batch_size: int = 1, temperature=1.0,
+                             seed: int = 0, prime=None):
+        """As `generate`, plus the logits each sample was drawn from, float32 [b, N, Q]."""
+        temps = self._check(num_samples, batch_size, temperature)
+        kw = {}
+        if prime is not None:
+            kw["prime"] = tf.constant(self.check_prime(prime, batch_size))
+        out = self._generate(tf.constant(num_samples, tf.int32), tf.constant(batch_size, tf.int32),
+                             tf.constant(temps), tf.constant(seed, tf.int64), want_logits=True, **kw)
+        return out["audio"].numpy(), out["codes"].numpy(), out["logits"].numpy()
+
+    def stream(self, num_samples: int, batch_size: int = 1, temperature=1.0, seed: int = 0,
+               prime=None, prime_sample_rate: int | None = None,
+               chunk_samples: int = 16000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """`generate` in chunks of about `chunk_samples`, carrying the state between chunks.
+
+        Yields (audio [b, n], codes [b, n]) chunks whose concatenation equals `generate(...)`
+        with the same arguments exactly (the noise is keyed by stream position).
+        """
+        temps = tf.constant(self._check(num_samples, batch_size, temperature))
+        B = self.config.model.top_frame_size
+        b = tf.constant(batch_size, tf.int32)
+        if prime is None:
+            states, last, forced, mask, k = self._start(b)
+        else:
+            states, last, forced, mask, k = self._prime(
+                tf.constant(self.check_prime(prime, batch_size, prime_sample_rate)), b)
+        k = int(k)
+        chunk_frames = max(1, int(round(chunk_samples / B)))
+        total_frames = -(-(k + num_samples) // B)
+        done, pos, skip, left = 0, 0, k, num_samples
+        seed_t = tf.constant(seed, tf.int64)
+        d = self.config.data
+        while done < total_frames:
+            n = min(chunk_frames, total_frames - done)
+            codes, states, last = self._run(states, last, tf.constant(pos, tf.int64),
+                                            tf.constant(n, tf.int32), temps, seed_t, forced, mask)
+            mask = tf.zeros([B], tf.bool)
+            codes = codes.numpy()[:, skip:]
+            codes = codes[:, :left]
+            skip, left = 0, left - codes.shape[1]
+            done, pos = done + n, pos + n * B
+            audio = quantization.decode(codes, d.q_type, self.config.model.q_levels).numpy()
+            yield audio, codes
+
+    def score(self, audio) -> np.ndarray:
+        """NLL bits per sample of each row of float32 [b, T] audio (one file per row)."""
+        x = np.asarray(audio, np.float32)
+        if x.ndim != 2 or x.shape[1] < 1:
+            raise ValueError(f"audio must be float [batch, time] with time >= 1, got shape {x.shape}")
+        if not np.all(np.isfinite(x)):
+            raise ValueError("audio has non-finite values (NaN or Inf)")
+        if not hasattr(self, "_score"):
+            self._score = tf.function(self.core.score, input_signature=[
+                tf.TensorSpec([None, None], tf.float32)])
+        return self._score(tf.constant(x)).numpy()
