@@ -28,7 +28,9 @@ Design (see also docs/serving.md):
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 from typing import Iterator
 
 import numpy as np
@@ -36,11 +38,13 @@ import tensorflow as tf
 
 from samplernn_tf import quantization
 from samplernn_tf.config import Config
-from samplernn_tf.layers import gru_cell, lstm_cell
+from samplernn_tf.layers import WeightNormKernel
 
 # Beyond this many samples per top frame the unrolled body gets large (graph size and XLA
 # compile time grow linearly); still correct, only slower to build.
 MAX_UNROLL = 512
+# Serializes `GenerationCore.frozen_weights` (it patches the model's kernel layers while tracing).
+_FREEZE_LOCK = threading.RLock()
 
 
 # ------------------------------------------------------------------------------ noise --
@@ -111,7 +115,7 @@ class GenerationCore:
       jit: XLA-compile the per-frame loop body.
     """
 
-    def __init__(self, model, config: Config, jit: bool = True):
+    def __init__(self, model, config: Config, jit: bool = True, frames_per_call: int = 1):
         self.model = model
         self.config = config
         m = config.model
@@ -121,82 +125,64 @@ class GenerationCore:
         self.cdtype = model.cdtype
         self.pad_code = quantization.zero_code(config.data.q_type, self.Q)
         self.jit = jit
+        self.frames_per_call = max(1, int(frames_per_call))
         self._body_jit = tf.function(self.frame_body, jit_compile=True)
+        self._block_jit = tf.function(self.frame_block, jit_compile=True)
 
     # -- weights ---------------------------------------------------------------------------
 
-    def _dense(self, layer):
-        w = tf.cast(layer.kernel.value(), self.cdtype)
-        b = None if layer.bias is None else tf.cast(layer.bias, self.cdtype)
-        return w, b
+    def _kernel_layers(self):
+        return [layer for layer in self.model._flatten_layers(include_self=False)
+                if isinstance(layer, WeightNormKernel)]
+
+    @contextlib.contextmanager
+    def using_kernels(self, values):
+        """While active (at trace time), kernel layer i's `value()` returns `values[i]`.
+
+        Nested uses restore the outer values on exit. The XLA body is a separate tf.function
+        whose trace is cached across callers, so it receives the kernels as arguments and
+        re-enters this context on them instead of capturing a caller's tensors.
+        """
+        with _FREEZE_LOCK:
+            kernels = self._kernel_layers()
+            saved = [k.__dict__.get("value") for k in kernels]
+            for k, v in zip(kernels, values):
+                object.__setattr__(k, "value", lambda v=v: v)
+            try:
+                yield
+            finally:
+                for k, old in zip(kernels, saved):
+                    if old is None:
+                        object.__delattr__(k, "value")
+                    else:
+                        object.__setattr__(k, "value", old)
+
+    @contextlib.contextmanager
+    def frozen_weights(self):
+        """Computes every weight-normalized kernel once, outside any loop, and makes the model's
+        kernel layers return those tensors while active, so the model's own step functions
+        (`FrameTier.step`, `SampleMLP.logits`, `forward`) run on precomputed kernels:
+        generation is the model's arithmetic by construction. Yields the kernel list.
+        """
+        with _FREEZE_LOCK:
+            values = [k.value() for k in self._kernel_layers()]
+            with self.using_kernels(values):
+                yield values
 
     def params(self):
-        """The effective weights, computed once per call: a nested structure of tensors."""
-        tiers = []
-        for tier in self.model.tiers:
-            rnns = []
-            for rnn in tier.rnns:
-                rnns.append({
-                    "input": self._dense(rnn.input_proj),
-                    "u": rnn.recurrent_kernel(),
-                    "b": (tf.convert_to_tensor(rnn.recurrent_bias) if rnn.recurrent_bias is not None
-                          else tf.zeros([0])),
-                })
-            tiers.append({"expand": self._dense(tier.expand), "rnns": rnns,
-                          "upsample": self._dense(tier.upsample)})
-        mlp = self.model.sample_mlp
-        table = tf.reshape(mlp.table(), [self.F * self.Q, self.D])
-        return {"tiers": tiers, "table": table,
-                "hidden": [self._dense(layer) for layer in mlp.hidden],
-                "out": self._dense(mlp.output_layer)}
+        """Per-call precomputation (inside `frozen_weights`): the kernels and the [F, Q, D] table."""
+        return {"kernels": [k.value() for k in self._kernel_layers()],
+                "table": self.model.sample_mlp.table()}
 
-    # -- one step of each part, the same arithmetic as the model's window functions ----------
+    # -- one step of each part: the model's own step functions -------------------------------
 
-    def _affine(self, x, wb):
-        w, b = wb
-        y = tf.matmul(tf.cast(x, self.cdtype), w)
-        return y if b is None else tf.nn.bias_add(y, b)
-
-    def tier_step(self, k, p, frame, cond, state):
-        """Tier k on ONE frame (as `FrameTier.step`, with precomputed weights).
-
-        Args:
-          k: tier index (0 = top). p: `params()['tiers'][k]`.
-          frame: int32 [b, f]. cond: [b, D] or None. state: tuple over layers.
-
-        Returns:
-          (conditioning for the tier below, [b, ratio*D] in the compute dtype; new state).
-        """
-        tier = self.model.tiers[k]
-        x = self._affine(quantization.frame_tier_input(frame, self.Q), p["expand"])
-        if cond is not None:
-            x = x + tf.cast(cond, self.cdtype)
-        outputs, new_state = [], []
-        for j, (rnn, rp) in enumerate(zip(tier.rnns, p["rnns"])):
-            inp = x
-            if j > 0:
-                inp = outputs[-1] if not tier.skip else tf.concat(
-                    [x, tf.cast(outputs[-1], self.cdtype)], axis=-1)
-            xp = tf.cast(self._affine(inp, rp["input"]), tf.float32)
-            if rnn.rnn_type == "gru":
-                h = gru_cell(xp, state[j][0], rp["u"], rp["b"])
-                s = (h,)
-            else:
-                h, c = lstm_cell(xp, state[j][0], state[j][1], rp["u"])
-                s = (h, c)
-            outputs.append(h)
-            new_state.append(s)
-        out = tf.add_n(outputs) if tier.skip else outputs[-1]
-        return self._affine(tf.cast(out, self.cdtype), p["upsample"]), tuple(new_state)
+    def tier_step(self, k, frame, cond, state):
+        """Tier k on ONE frame: int32 [b, f], [b, D] or None, state -> ([b, ratio, D], state)."""
+        return self.model.tiers[k].step(frame, cond, state)
 
     def mlp_logits(self, p, prev_codes, cond):
         """Sample MLP for one sample via the lookup table: int32 [b, F], [b, D] -> f32 [b, Q]."""
-        idx = prev_codes + tf.range(self.F, dtype=tf.int32) * self.Q
-        h = tf.reduce_sum(tf.gather(p["table"], idx), axis=-2)
-        h = tf.nn.relu(h + tf.cast(cond, self.cdtype))
-        for wb in p["hidden"]:
-            h = tf.nn.relu(self._affine(h, wb))
-        return tf.cast(self._affine(h, p["out"]), tf.float32)
+        return self.model.sample_mlp.logits(prev_codes, cond, table=p["table"])
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -216,6 +202,10 @@ class GenerationCore:
         Returns:
           (codes int32 [b, B], new states, logits float32 [b, B, Q] or None).
         """
+        with self.using_kernels(p["kernels"]):
+            return self._frame_body(p, states, last, pos, key, temps, forced, force_mask, want_logits)
+
+    def _frame_body(self, p, states, last, pos, key, temps, forced, force_mask, want_logits):
         b = tf.shape(last)[0]
         noise = gumbel_noise(key, pos + tf.range(self.B, dtype=tf.int64), b, self.Q)
         inv_t = 1.0 / temps[:, None]
@@ -238,10 +228,9 @@ class GenerationCore:
 
         def run_tier(k, cond):
             f = self.frame_sizes[k]
-            up, new_states[k] = self.tier_step(k, p["tiers"][k], tf.stack(hist[-f:], axis=1), cond,
-                                               new_states[k])
+            up, new_states[k] = self.tier_step(k, tf.stack(hist[-f:], axis=1), cond, new_states[k])
             for r in range(self.ratios[k]):
-                c = up[:, r * self.D:(r + 1) * self.D]
+                c = up[:, r]
                 if k == last_tier:
                     sample(c)
                 else:
@@ -250,6 +239,45 @@ class GenerationCore:
         run_tier(0, None)
         logits = tf.stack(logits_out, axis=1) if want_logits else None
         return tf.stack(codes, axis=1), tuple(new_states), logits
+
+    def frame_block(self, p, states, last, pos, n, key, temps, forced, force_mask):
+        """Up to `frames_per_call` frames in one (XLA) call: n (int32, 1..K) frames.
+
+        Returns (codes int32 [K, b, B] (rows >= n unspecified), states, last).
+        """
+        K = self.frames_per_call
+        ta = tf.TensorArray(tf.int32, size=K, element_shape=last.shape)
+        no_force = tf.zeros([self.B], tf.bool)
+
+        def body(i, states, last, mask, ta):
+            codes, states, _ = self.frame_body(p, states, last, pos + tf.cast(i, tf.int64) * self.B,
+                                               key, temps, forced, mask)
+            return i + 1, states, codes, no_force, ta.write(i, codes)
+
+        _, states, last, _, ta = tf.while_loop(
+            lambda i, *_: i < n, body, (tf.constant(0), states, last, force_mask, ta),
+            maximum_iterations=K)
+        return ta.stack(), states, last
+
+    def _run_blocks(self, p, states, last, pos, num_frames, temps, key, forced, force_mask):
+        K = self.frames_per_call
+        b = tf.shape(last)[0]
+        blocks = (num_frames + K - 1) // K
+        ta = tf.TensorArray(tf.int32, size=blocks, element_shape=tf.TensorShape([K, None, self.B]))
+        no_force = tf.zeros([self.B], tf.bool)
+
+        def body(j, states, last, mask, ta):
+            n = tf.minimum(K, num_frames - j * K)
+            codes, states, last = self._block_jit(p, states, last, pos + tf.cast(j * K, tf.int64) * self.B,
+                                                  n, key, temps, forced, mask)
+            return j + 1, states, last, no_force, ta.write(j, codes)
+
+        _, states, last, _, ta = tf.while_loop(
+            lambda j, *_: j < blocks, body, (tf.constant(0), states, last, force_mask, ta),
+            parallel_iterations=1)
+        frames = tf.reshape(ta.stack(), [blocks * K, b, self.B])[:num_frames]
+        codes = tf.reshape(tf.transpose(frames, [1, 0, 2]), [b, num_frames * self.B])
+        return codes, states, last, None
 
     def run_frames(self, p, states, last, pos, num_frames, temps, key, forced, force_mask,
                    want_logits=False):
@@ -262,6 +290,8 @@ class GenerationCore:
         Returns:
           (codes int32 [b, num_frames*B], new states, new last [b, B], logits [b, n*B, Q] or None).
         """
+        if self.jit and self.frames_per_call > 1 and not want_logits:
+            return self._run_blocks(p, states, last, pos, num_frames, temps, key, forced, force_mask)
         body_fn = self._body_jit if self.jit else self.frame_body
         b = tf.shape(last)[0]
         ta = tf.TensorArray(tf.int32, size=num_frames, element_shape=tf.TensorShape([None, self.B]))
@@ -320,15 +350,11 @@ class GenerationCore:
         `length` is a multiple of B (static or dynamic). Returns the new states.
         """
         new_states, cond = [], None
-        last = len(self.model.tiers) - 1
         for k, (tier, f) in enumerate(zip(self.model.tiers, self.frame_sizes)):
             span = stream[:, start + self.B - f: start + self.B - f + length]
             codes = tf.reshape(span, tf.stack([tf.shape(stream)[0], length // f, f]))
-            if k < last:
-                cond, s = tier.run_time_major(tf.transpose(codes, [1, 0, 2]), cond, states[k])
-            else:  # the lowest tier's upsampled output would only feed the MLP: skip it
-                x = tier._rnn_input(tf.transpose(codes, [1, 0, 2]), cond)
-                _, s = tier._stack(x, states[k], lambda rnn, i, st: rnn.call(i, st), False)
+            # As SampleRNN.forward does, window by window (the MLP is not needed for the state).
+            cond, s = tier.run_time_major(tf.transpose(codes, [1, 0, 2]), cond, states[k])
             new_states.append(s)
         return tuple(new_states)
 
@@ -372,6 +398,10 @@ class GenerationCore:
         force_mask = tf.range(B) < k
         return states, last, tf.reshape(tail, [batch_size, B]), force_mask, k
 
+    def prime_frozen(self, audio, batch_size):
+        with self.frozen_weights():
+            return self.prime(audio, batch_size)
+
     # -- whole calls -------------------------------------------------------------------------
 
     def check_request(self, num_samples, temperature):
@@ -398,19 +428,26 @@ class GenerationCore:
         with tf.control_dependencies(self.check_request(num_samples, temperature) + [
                 tf.debugging.Assert(batch_size > 0, ["batch_size must be positive; got", batch_size])]):
             temps = tf.broadcast_to(temperature, tf.reshape(batch_size, [1]))
-        if prime is None:
-            states, last, forced, mask, k = self.start(batch_size)
-        else:
-            states, last, forced, mask, k = self.prime(prime, batch_size)
-        num_frames = (k + num_samples + self.B - 1) // self.B
-        p = self.params()
-        codes, _, _, logits = self.run_frames(p, states, last, tf.constant(0, tf.int64), num_frames,
-                                              temps, seed_key(seed), forced, mask, want_logits)
+        with self.frozen_weights():
+            if prime is None:
+                states, last, forced, mask, k = self.start(batch_size)
+            else:
+                states, last, forced, mask, k = self.prime(prime, batch_size)
+            num_frames = (k + num_samples + self.B - 1) // self.B
+            codes, _, _, logits = self.run_frames(
+                self.params(), states, last, tf.constant(0, tf.int64), num_frames, temps,
+                seed_key(seed), forced, mask, want_logits)
         codes = codes[:, k:k + num_samples]
         out = {"audio": quantization.decode(codes, self.config.data.q_type, self.Q), "codes": codes}
         if want_logits:
             out["logits"] = logits[:, k:k + num_samples]
         return out
+
+    def continue_frames(self, states, last, pos, num_frames, temps, seed, forced, force_mask):
+        """`run_frames` with its own weight precomputation: one chunk of a stream."""
+        with self.frozen_weights():
+            return self.run_frames(self.params(), states, last, pos, num_frames, temps,
+                                   seed_key(seed), forced, force_mask)[:3]
 
     def score(self, audio):
         """NLL in bits per sample of each row, as `samplernn_tf.evaluate` computes it for a file.
@@ -446,9 +483,10 @@ class GenerationCore:
                 labels=parts["targets"][:, 0], logits=tf.cast(logits, tf.float32))
             return w + 1, states, acc + tf.reduce_sum(nll * weights[w * L: w * L + L], axis=1)
 
-        _, _, acc = tf.while_loop(lambda w, *_: w < n, window,
-                                  (tf.constant(0), self.model.initial_states(b), tf.zeros([b])),
-                                  parallel_iterations=1)
+        with self.frozen_weights():
+            _, _, acc = tf.while_loop(lambda w, *_: w < n, window,
+                                      (tf.constant(0), self.model.initial_states(b), tf.zeros([b])),
+                                      parallel_iterations=1)
         return acc / tf.cast(t, tf.float32) / math.log(2.0)
 
 
@@ -464,11 +502,11 @@ class Generator:
         dominates), off above (matrix-vector bound; see bench/generate_speed.py).
     """
 
-    def __init__(self, model, config: Config, jit: bool | None = None):
+    def __init__(self, model, config: Config, jit: bool | None = None, frames_per_call: int = 1):
         if jit is None:
             jit = config.model.dim <= 512
         self.config = config
-        self.core = GenerationCore(model, config, jit=jit)
+        self.core = GenerationCore(model, config, jit=jit, frames_per_call=frames_per_call)
         if config.model.top_frame_size > MAX_UNROLL:
             from absl import logging
             logging.warning("top frame size %d: the unrolled loop body is large (slow to build)",
@@ -479,12 +517,10 @@ class Generator:
         i32, f32 = tf.TensorSpec([], tf.int32), tf.TensorSpec([None], tf.float32)
         self._generate = tf.function(self.core.generate, reduce_retracing=True)
         self._start = tf.function(self.core.start, input_signature=[i32])
-        self._prime = tf.function(self.core.prime, input_signature=[
+        self._prime = tf.function(self.core.prime_frozen, input_signature=[
             tf.TensorSpec([None, None], tf.float32), i32])
         self._run = tf.function(
-            lambda states, last, pos, n, temps, seed, forced, mask: self.core.run_frames(
-                self.core.params(), states, last, pos, n, temps, seed_key(seed), forced, mask)[:3],
-            input_signature=[state_spec, tf.TensorSpec([None, B], tf.int32),
+            self.core.continue_frames, input_signature=[state_spec, tf.TensorSpec([None, B], tf.int32),
                              tf.TensorSpec([], tf.int64), i32, f32, tf.TensorSpec([], tf.int64),
                              tf.TensorSpec([None, B], tf.int32), tf.TensorSpec([B], tf.bool)])
 
