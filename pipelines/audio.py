@@ -6,8 +6,9 @@ Decoders (TensorFlow ops only, usable inside `tf.data` maps):
     32-bit PCM as float; this parser is also ~10x faster than `tf.audio.decode_wav`.
   * FLAC / Ogg Vorbis / MP3: tensorflow-io's decoders on the bytes. They do not return the rate
     (and FLAC wants its sample type up front), so those header fields are parsed in-graph here.
-Resampling: a Kaiser-windowed sinc polyphase filter done as one matmul over strided frames,
-~25x faster than `tfio.audio.resample` (speex), which also shifts phase (e.g. from 11025 Hz).
+Resampling: a Kaiser-windowed sinc polyphase filter done as one matmul over strided frames;
+`tfio.audio.resample` (speex) is ~25x slower, delays by 2 ms, drops the end and is inaccurate
+from 8 or 11.025 kHz.
 """
 
 from __future__ import annotations
@@ -19,13 +20,12 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_io as tfio
 from absl import logging
-from tensorflow_io.python.ops import core_ops
 
 SUPPORTED_EXTENSIONS: tuple[str, ...] = (".wav", ".flac", ".ogg", ".mp3", ".oga", ".wave")
 _NORMALIZE_MODES = ("none", "peak", "min-max")
 # Resampling filter: zero crossings per side at the lower rate, passband edge, Kaiser beta.
 _ZEROS, _ROLLOFF, _BETA = 16, 0.945, 8.6
-_MAX_FILTER_SIZE = 1 << 22  # filter-bank entries; beyond it (odd rate pairs) speex is used
+_MAX_FILTER_SIZE = 1 << 22  # filter-bank entries; odd rate pairs beyond it are rounded
 
 
 class AudioDecodeError(Exception):
@@ -67,13 +67,10 @@ def _extension(path: str) -> str:
 
 # ------------------------------------------------------------------------------ decoding --
 
+# Checks are tf.debugging.Assert ops: a failure reads `assertion failed: [message]` (see _reason).
 # Public graph functions hold no Python control flow on tensors: skipping autograph's conversion
 # makes tracing them (in a user's tf.data map or tf.function) several times faster.
 _graph_only = tf.autograph.experimental.do_not_convert
-
-def _check(cond, message):
-    """An assert op whose failure reads `assertion failed: [message]`."""
-    return tf.debugging.Assert(cond, [message])
 
 
 def _uint(buf, pos, n):
@@ -111,13 +108,13 @@ def _decode_wav(contents):
     kinds = [(1, 8), (1, 16), (1, 24), (1, 32), (3, 32), (3, 64)]  # (PCM=1|float=3, bits)
     matches = tf.stack([(tag == t) & (bits == b) for t, b in kinds])
     with tf.control_dependencies([
-            _check(is_riff, "not a WAV file (no RIFF/WAVE header)"),
-            _check(fmt_pos >= 0, "WAV file has no 'fmt ' chunk"),
-            _check(data_pos >= 0, "WAV file has no 'data' chunk"),
-            _check(tf.reduce_any(matches), tf.strings.format(
-                "unsupported WAV encoding (format tag {}, {} bits)", (tag, bits))),
-            _check((channels > 0) & (rate > 0) & (align == channels * bits // 8),
-                   "WAV 'fmt ' chunk is inconsistent (channels, rate or block size)")]):
+            tf.debugging.Assert(is_riff, ["not a WAV file (no RIFF/WAVE header)"]),
+            tf.debugging.Assert(fmt_pos >= 0, ["WAV file has no 'fmt ' chunk"]),
+            tf.debugging.Assert(data_pos >= 0, ["WAV file has no 'data' chunk"]),
+            tf.debugging.Assert(tf.reduce_any(matches), [tf.strings.format(
+                "unsupported WAV encoding (format tag {}, {} bits)", (tag, bits))]),
+            tf.debugging.Assert((channels > 0) & (rate > 0) & (align == channels * bits // 8),
+                                ["WAV 'fmt ' chunk is inconsistent (channels, rate or block size)"])]):
         # A truncated file (or a streamed one with a placeholder size) keeps whole frames only.
         avail = n - tf.maximum(data_pos, 0)
         size = tf.where((data_size < 0) | (data_size > avail), avail, data_size)
@@ -143,8 +140,8 @@ def _decode_flac(contents):
     b = [_uint(head, i, 1) for i in range(18, 22)]
     rate = b[0] * 4096 + b[1] * 16 + b[2] // 16
     bits = (b[2] % 2) * 16 + b[3] // 16 + 1
-    with tf.control_dependencies([_check((tf.strings.substr(head, 0, 4) == "fLaC") & (rate > 0),
-                                         "not a FLAC file (no fLaC/STREAMINFO header)")]):
+    is_flac = (tf.strings.substr(head, 0, 4) == "fLaC") & (rate > 0)
+    with tf.control_dependencies([tf.debugging.Assert(is_flac, ["not a FLAC file (no fLaC header)"])]):
         contents = tf.identity(contents)
 
     def flac(dtype, scale, offset=0.0):  # tensorflow-io: 8-bit as uint8, 24-bit << 8 in int32
@@ -162,7 +159,7 @@ def _decode_vorbis(contents):
     rate = _uint(head, ident + 12, 4)  # after b"\x01vorbis", version (4), channels (1)
     is_vorbis = (tf.strings.substr(head, 0, 4) == "OggS") & (
         tf.strings.substr(head, ident, 7) == "\x01vorbis") & (rate > 0)
-    with tf.control_dependencies([_check(is_vorbis, "not an Ogg Vorbis file")]):  # Opus: no
+    with tf.control_dependencies([tf.debugging.Assert(is_vorbis, ["not an Ogg Vorbis file"])]):
         return tfio.audio.decode_vorbis(tf.identity(contents)), rate
 
 
@@ -182,7 +179,7 @@ def _decode_mp3(contents):
     first = tf.argmax(tf.cast(valid, tf.int32))
     base = tf.gather(tf.constant([44100, 48000, 32000, 0], tf.int64), rate_index[first])
     rate = base // tf.gather(tf.constant([4, 1, 2, 1], tf.int64), version[first])
-    with tf.control_dependencies([_check(tf.reduce_any(valid), "no MPEG audio frame found")]):
+    with tf.control_dependencies([tf.debugging.Assert(tf.reduce_any(valid), ["no MPEG audio frame"])]):
         return tfio.audio.decode_mp3(tf.identity(contents)), rate
 
 
@@ -219,8 +216,21 @@ def to_mono(audio):
     return tf.reduce_mean(tf.transpose(audio), axis=0)  # 4x faster than over the last axis
 
 
+def _plan(rate_in, rate_out: int, divisors):
+    """Polyphase geometry for int64 `rate_in` -> `rate_out`: (up, down) = the rates / their gcd,
+    the cutoff (fraction of the input Nyquist), the half filter width in input samples, and the
+    input samples `step` and outputs `per` of one frame."""
+    d = tf.constant(divisors, tf.int64)
+    g = tf.reduce_max(tf.where(rate_in % d == 0, d, 1))  # gcd, without a while_loop (~10 ms/call)
+    up, down = rate_out // g, rate_in // g
+    cutoff = _ROLLOFF * tf.minimum(tf.constant(1.0, tf.float64), tf.cast(up / down, tf.float64))
+    half = tf.cast(tf.math.ceil(_ZEROS / cutoff), tf.int64)
+    blocks = tf.maximum((2 * half + down - 1) // down, 1)  # keeps framing overhead <= 2x
+    return up, down, cutoff, half, blocks * down, blocks * up
+
+
 def _polyphase(x, up, down, cutoff, half, step, per):
-    """Windowed-sinc resampling of float32 [T] by up/down (coprime int64 scalars).
+    """Windowed-sinc resampling of float32 [T] by up/down (see `_plan`) -> [ceil(T*up/down)].
 
     Output n sits at input time n*down/up. Frame j of the padded input holds `step` new samples
     plus `2*half` of context and yields `per` outputs, so all phases are one matmul
@@ -248,30 +258,26 @@ def resample(audio, rate_in, rate_out: int):
     """Resamples float32 [T] from `rate_in` (int tensor) to `rate_out` (Python int) -> [T'].
 
     T' = ceil(T * rate_out / rate_in); identity when the rates are equal. Anti-aliased
-    (passband to 94.5% of the lower Nyquist, ~-90 dB stopband), zero delay. Rate pairs whose
-    reduced ratio needs a filter bank over 4M taps fall back to tensorflow-io's speex resampler.
+    (passband to 94.5% of the lower Nyquist, ~-90 dB stopband), zero delay, exact ratio for
+    common rates. An odd rate whose exact ratio would need a filter bank over 4M taps (e.g.
+    44101 -> 16000) is treated as the nearest multiple of `grid` (<= 100, dividing rate_out):
+    a pitch error below grid / (2 * rate_in), 0.11% at 44.1 kHz.
     """
+    divisors = [d for d in range(1, rate_out + 1) if rate_out % d == 0]
+    grid = max(d for d in divisors if d <= 100)
+    if grid < 10:
+        raise ValueError(f"target sample rate {rate_out} has no divisor in [10, 100]; use e.g. 16000")
     audio = tf.convert_to_tensor(audio, tf.float32)
-    rate_out_t = tf.constant(rate_out, tf.int64)
-    with tf.control_dependencies([_check(rate_in > 0, "sample rate is not positive")]):
+    with tf.control_dependencies([tf.debugging.Assert(rate_in > 0, ["sample rate is not positive"])]):
         rate_in = tf.cast(rate_in, tf.int64)
 
     def convert():
-        # gcd(rate_in, rate_out) is the largest divisor of rate_out that divides rate_in (a
-        # while_loop Euclid costs ~10 ms of executor overhead per call).
-        divisors = tf.constant([d for d in range(1, rate_out + 1) if rate_out % d == 0], tf.int64)
-        g = tf.reduce_max(tf.where(rate_in % divisors == 0, divisors, 1))
-        up, down = rate_out_t // g, rate_in // g
-        cutoff = _ROLLOFF * tf.minimum(tf.constant(1.0, tf.float64), tf.cast(up / down, tf.float64))
-        half = tf.cast(tf.math.ceil(_ZEROS / cutoff), tf.int64)  # filter half-width, input samples
-        blocks = tf.maximum((2 * half + down - 1) // down, 1)  # keeps framing overhead <= 2x
-        step, per = blocks * down, blocks * up
-        return tf.cond(
-            per * (step + 2 * half) <= _MAX_FILTER_SIZE,
-            lambda: _polyphase(audio, up, down, cutoff, half, step, per),
-            lambda: core_ops.io_audio_resample(audio[:, None], rate_in, rate_out)[:, 0])
+        _, _, _, half, step, per = _plan(rate_in, rate_out, divisors)
+        snapped = tf.maximum((rate_in + grid // 2) // grid * grid, grid)
+        rate = tf.where(per * (step + 2 * half) <= _MAX_FILTER_SIZE, rate_in, snapped)
+        return _polyphase(audio, *_plan(rate, rate_out, divisors))
 
-    return tf.cond(tf.equal(rate_in, rate_out_t), lambda: tf.identity(audio), convert)
+    return tf.cond(tf.equal(rate_in, rate_out), lambda: tf.identity(audio), convert)
 
 
 @_graph_only
@@ -299,11 +305,6 @@ def normalize(audio, mode: str, remove_dc: bool):
     return tf.clip_by_value(x, -1.0, 1.0)
 
 
-def _finish(audio, rate, sample_rate, normalize_mode, remove_dc):
-    """Decoded [T, C] at `rate` -> normalized mono float32 [T'] at `sample_rate`."""
-    return normalize(resample(to_mono(audio), rate, sample_rate), normalize_mode, remove_dc)
-
-
 @_graph_only
 def load_audio(path, extension: str, sample_rate: int, normalize_mode: str = "peak",
                remove_dc: bool = True):
@@ -319,7 +320,7 @@ def load_audio(path, extension: str, sample_rate: int, normalize_mode: str = "pe
       float32 [T] in [-1, 1] at `sample_rate`.
     """
     audio, rate = decode_audio(tf.io.read_file(path), extension)
-    return _finish(audio, rate, sample_rate, normalize_mode, remove_dc)
+    return normalize(resample(to_mono(audio), rate, sample_rate), normalize_mode, remove_dc)
 
 
 def _reason(error: tf.errors.OpError, extension: str) -> str:
@@ -362,7 +363,7 @@ def decode_files(paths: list[str], sample_rate: int, normalize_mode="peak", remo
         `load_audio`. num_parallel_calls: parallelism of the map.
       strict: raise on the first bad file (in the order of `paths`) instead of skipping it.
       postprocess: optional graph function float32 [T] -> tensor [T] (e.g. a quantizer to
-        int16 codes, so that a large corpus is held compactly).
+        int16 codes, so that a large corpus is held compactly), traced without autograph.
 
     Returns:
       [(path, array [T])] in the order of `paths`, less the bad files (empty: 0 bytes or no
@@ -380,9 +381,10 @@ def decode_files(paths: list[str], sample_rate: int, normalize_mode="peak", remo
     for ext in sorted(groups.keys() & _DECODERS.keys()):
         def from_bytes(contents, ext=ext):  # float32 [T] or postprocessed [T]
             audio, rate = decode_audio(contents, ext)
-            return post(_finish(audio, rate, sample_rate, normalize_mode, remove_dc))
+            return post(normalize(resample(to_mono(audio), rate, sample_rate), normalize_mode,
+                                  remove_dc))
 
-        # No autograph: there is no Python control flow here, and tracing is 5x faster.
+        # No autograph: no Python control flow on tensors here, and tracing is much faster.
         decoders[ext] = tf.function(from_bytes, input_signature=[tf.TensorSpec([], tf.string)],
                                     autograph=False)
         load = tf.autograph.experimental.do_not_convert(
