@@ -22,7 +22,7 @@ import keras
 import tensorflow as tf
 
 from samplernn_tf.config import ModelConfig
-from samplernn_tf.layers import RNN, Dense, WeightNormKernel, as_compute_dtype
+from samplernn_tf.layers import RNN, Dense, WeightNormKernel, as_compute_dtype, gather_sum
 from samplernn_tf.quantization import frame_tier_input
 
 
@@ -170,28 +170,26 @@ class SampleMLP(keras.layers.Layer):
         self.built = True
 
     def table(self):
-        """The lookup table [F, Q, D] in the compute dtype: table[j, q] = Emb[q] @ W_j."""
-        w = tf.reshape(self.first.value(), [self.frame_size, self.emb_size, self.dim])
-        emb = tf.cast(self.embedding, self.cdtype)
-        return tf.stack([tf.matmul(emb, tf.cast(w[j], self.cdtype)) for j in range(self.frame_size)])
+        """The lookup table, float32 [F, Q, D]: table[j, q] = Emb[q] @ W_j.
 
-    def _first_from_table(self, table, prev_codes):
-        # Offsets j*Q turn (position, code) into a row of the flattened [F*Q, D] table.
-        idx = prev_codes + tf.range(self.frame_size, dtype=prev_codes.dtype) * self.q_levels
-        flat = tf.reshape(table, [self.frame_size * self.q_levels, self.dim])
-        return tf.reduce_sum(tf.gather(flat, idx), axis=-2)
+        Float32 whatever the compute dtype: it is small (F*Q*E*D multiply-adds per step) and
+        the gather-sum then adds F float32 rows instead of rounding each to bfloat16.
+        """
+        w = tf.reshape(self.first.value(), [self.frame_size, self.emb_size, self.dim])
+        emb = tf.convert_to_tensor(self.embedding)
+        return tf.stack([tf.matmul(emb, w[j]) for j in range(self.frame_size)])
 
     def first_naive(self, prev_codes):
         """Reference path: embedding lookup -> concat -> matmul. [..., F] -> [..., D] (tests)."""
-        e = tf.gather(tf.cast(self.embedding, self.cdtype), prev_codes)           # [..., F, E]
-        e = tf.reshape(e, tf.concat([tf.shape(prev_codes)[:-1], [-1]], 0))
-        return tf.matmul(tf.reshape(e, [-1, self.frame_size * self.emb_size]),
-                         tf.cast(self.first.value(), self.cdtype))
+        e = tf.gather(tf.convert_to_tensor(self.embedding), prev_codes)           # [..., F, E]
+        e = tf.reshape(e, [-1, self.frame_size * self.emb_size])
+        out = tf.matmul(e, self.first.value())
+        return tf.reshape(out, tf.concat([tf.shape(prev_codes)[:-1], [self.dim]], 0))
 
     def _head(self, h, cond):
-        h = tf.nn.relu(h + tf.cast(cond, self.cdtype))
+        h = tf.cast(tf.nn.relu(h + tf.cast(cond, h.dtype)), self.cdtype)
         for layer in self.hidden:
-            h = tf.nn.relu(layer.call(h))
+            h = layer.call(h, relu=True)
         return tf.cast(self.output_layer.call(h), tf.float32)
 
     def call(self, prev_codes, cond, table=None):
@@ -206,7 +204,12 @@ class SampleMLP(keras.layers.Layer):
           float32 logits [..., Q].
         """
         table = self.table() if table is None else table
-        return self._head(self._first_from_table(table, prev_codes), cond)
+        lead = tf.shape(prev_codes)[:-1]
+        # 2-D throughout, so that every Dense is a plain fused MatMul + BiasAdd (+ Relu).
+        codes = tf.reshape(prev_codes, [-1, self.frame_size])
+        cond = tf.reshape(cond, [-1, self.dim])
+        logits = self._head(gather_sum(table, codes), cond)
+        return tf.reshape(logits, tf.concat([lead, [self.q_levels]], 0))
 
     def logits(self, prev_codes, cond, table=None):
         """One sample step for generation: prev_codes int32 [B, F], cond [B, D] -> float32 [B, Q].

@@ -119,7 +119,7 @@ class SampleRNNTest(tf.test.TestCase, parameterized.TestCase):
         codes = tf.constant(random_codes(50, 4, seed=3))
         weights = [mlp.embedding, mlp.first.v, mlp.first.g]
         grads = []
-        for fn in (lambda: mlp._first_from_table(mlp.table(), codes), lambda: mlp.first_naive(codes)):
+        for fn in (lambda: layers.gather_sum(mlp.table(), codes), lambda: mlp.first_naive(codes)):
             with tf.GradientTape() as tape:
                 out = fn()
                 loss = tf.reduce_sum(tf.sin(out))

@@ -78,6 +78,21 @@ class LossesTest(tf.test.TestCase):
                             (nll * weights).sum() / 8, atol=1e-5)
         self.assertAllClose(losses.mean_nll_nats(logits, targets, np.zeros_like(weights)), 0.0)
 
+    def test_softmax_nll_matches_tf(self):
+        rng = np.random.default_rng(1)
+        logits = tf.constant(rng.normal(size=(40, 9)) * 5, tf.float32)
+        labels = tf.constant(rng.integers(0, 9, 40), tf.int32)
+        up = tf.constant(rng.normal(size=40), tf.float32)
+        results = []
+        for fn in (losses.sparse_softmax_nll, lambda l, t: tf.nn.sparse_softmax_cross_entropy_with_logits(
+                labels=t, logits=l)):
+            with tf.GradientTape() as tape:
+                tape.watch(logits)
+                y = fn(logits, labels)
+            results.append((y, tape.gradient(y, logits, output_gradients=up)))
+        self.assertAllClose(results[0][0], results[1][0], atol=1e-5)
+        self.assertAllClose(results[0][1], results[1][1], atol=1e-5)
+
     def test_learning_rate_schedules(self):
         self.assertAllClose(LearningRate(1.0, "constant", warmup_steps=4)(1), 0.5)
         self.assertAllClose(LearningRate(1.0, "constant", warmup_steps=4)(10), 1.0)
