@@ -24,6 +24,7 @@ import tensorflow as tf
 from absl import logging
 
 from pipelines import audio
+from pipelines import records
 from pipelines import windows
 from samplernn_tf import quantization
 from samplernn_tf.config import Config
@@ -77,12 +78,15 @@ def find_splits(data_dir: str, valid_fraction: float, test_fraction: float,
 
     If `data_dir` has `train/`, `valid/` and `test/` subfolders (any of them may be empty), they
     are the splits. Otherwise every audio file found recursively (or by the glob) is split by
-    `split_by_hash`.
+    `split_by_hash`. A directory written by `pipelines.prepare` gives the same split of the
+    original input, as file ids (see `records.find_splits`).
 
     Raises:
       FileNotFoundError: `data_dir` does not exist.
       NoAudioError: no supported audio file at all.
     """
+    if records.is_prepared(data_dir):
+        return records.find_splits(data_dir, valid_fraction, test_fraction, seed)
     sub = {s: os.path.join(data_dir, s) for s in SPLITS}
     if tf.io.gfile.isdir(data_dir) and all(tf.io.gfile.isdir(p) for p in sub.values()):
         splits = {}
@@ -146,19 +150,33 @@ def code_dtype(q_levels: int):
     return np.int16 if q_levels <= 32768 else np.int32
 
 
-def load_corpus(files: Sequence[str], config: Config) -> Corpus:
+def pcm16_round_trip(x):
+    """float32 [T] in [-1, 1] -> the same values rounded to the 16-bit PCM grid."""
+    return tf.round(tf.clip_by_value(x, -1.0, 1.0) * 32767.0) / 32767.0
+
+
+def load_corpus(files: Sequence[str], config: Config, prepared_dir: str | None = None) -> Corpus:
     """Decodes, resamples, normalizes and quantizes `files` once, then cuts chunks.
 
     Unreadable files are skipped with a warning naming each (fatal with `data.strict`).
+    With `prepared_dir` (a `pipelines.prepare` output), `files` are its file ids, read from its
+    int16 shards: the same codes as from the raw files (ConfigError if the settings differ).
     """
     data, q_levels = config.data, config.model.q_levels
     dtype = tf.int16 if code_dtype(q_levels) == np.int16 else tf.int32
 
     def quantize(x):
-        return tf.cast(quantization.encode(x, data.q_type, q_levels), dtype)
+        # Round through 16-bit PCM first: prepared TFRecord shards store int16, and both paths
+        # must give identical codes.
+        return tf.cast(quantization.encode(pcm16_round_trip(x), data.q_type, q_levels), dtype)
 
-    decoded = audio.decode_files(list(files), data.sample_rate, data.normalize, data.remove_dc,
-                                 strict=data.strict, postprocess=quantize)
+    if prepared_dir:
+        decoded = records.decode_prepared(
+            prepared_dir, list(files), postprocess=quantize, sample_rate=data.sample_rate,
+            normalize=data.normalize, remove_dc=data.remove_dc, strict=data.strict)
+    else:
+        decoded = audio.decode_files(list(files), data.sample_rate, data.normalize, data.remove_dc,
+                                     strict=data.strict, postprocess=quantize)
     names, codes = [], []
     chunk = int(round(data.chunk_seconds * data.sample_rate))
     for path, c in decoded:

@@ -24,6 +24,7 @@ def evaluate_split(logdir: str, data_dir: str, split: str, checkpoint: str = "be
                    batch_size: int = 32) -> dict:
     """Restores the run's model and evaluates `split` of `data_dir` (split as in training)."""
     from pipelines import dataset as dataset_lib
+    from pipelines import records
     from samplernn_tf import checkpoints, evaluation
     from samplernn_tf.config import Config
     from samplernn_tf.model import SampleRNN
@@ -32,7 +33,8 @@ def evaluate_split(logdir: str, data_dir: str, split: str, checkpoint: str = "be
     path = checkpoints.resolve(logdir, checkpoint)
     d = config.data
     files = dataset_lib.find_splits(data_dir, d.valid_fraction, d.test_fraction, d.split_seed)[split]
-    corpus = dataset_lib.load_corpus(files, config)
+    prepared_dir = data_dir if records.is_prepared(data_dir) else None
+    corpus = dataset_lib.load_corpus(files, config, prepared_dir=prepared_dir)
     if len(corpus) == 0:
         raise dataset_lib.NoAudioError(f"--data_dir={data_dir}: the {split} split has no usable audio")
     model = SampleRNN(config.model)

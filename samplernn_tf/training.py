@@ -20,6 +20,7 @@ import tensorflow as tf
 from absl import logging
 
 from pipelines import dataset as dataset_lib
+from pipelines import records
 from samplernn_tf import checkpoints
 from samplernn_tf import evaluation
 from samplernn_tf import summaries
@@ -154,8 +155,9 @@ def load_splits(data_dir: str, config: Config) -> dict[str, dataset_lib.Corpus]:
     d = config.data
     files = dataset_lib.find_splits(data_dir, d.valid_fraction, d.test_fraction, d.split_seed)
     corpora = {}
+    prepared_dir = data_dir if records.is_prepared(data_dir) else None
     for split in ("train", "valid"):
-        corpus = dataset_lib.load_corpus(files[split], config)
+        corpus = dataset_lib.load_corpus(files[split], config, prepared_dir=prepared_dir)
         corpora[split] = corpus
         logging.info("%s: %d files found, %d usable items, %.1f s of audio, %d windows of %d samples",
                      split, len(files[split]), len(corpus), corpus.seconds,
