@@ -40,15 +40,16 @@ def write_ogg(path: str, audio, rate: int) -> str:
     return _write(path, audio, rate, "OGG", "VORBIS")
 
 
-def write_mp3(path: str, audio, rate: int, id3_padding: int = 0) -> str:
-    """MP3 (lossy; MPEG-1 at 32/44.1/48 kHz, MPEG-2 below). `id3_padding` > 0 prepends an
-    ID3v2 tag of that many (zero) bytes, as taggers do."""
+def write_mp3(path: str, audio, rate: int, id3_size: int = 0, id3_fill: bytes = b"\0") -> str:
+    """MP3 (lossy; MPEG-1 at 32/44.1/48 kHz, MPEG-2 below). `id3_size` > 0 prepends an ID3v2
+    tag with that many bytes of `id3_fill` repeated (tags may hold bytes that look like audio)."""
     _write(path, audio, rate, "MP3", "MPEG_LAYER_III")
-    if id3_padding:
-        size = bytes((id3_padding >> s) & 0x7F for s in (21, 14, 7, 0))  # syncsafe
+    if id3_size:
+        size = bytes((id3_size >> s) & 0x7F for s in (21, 14, 7, 0))  # syncsafe integer
         with open(path, "rb") as f:
             data = f.read()
-        write_bytes(path, b"ID3\x04\x00\x00" + size + b"\0" * id3_padding + data)
+        body = (id3_fill * id3_size)[:id3_size]
+        write_bytes(path, b"ID3\x04\x00\x00" + size + body + data)
     return path
 
 

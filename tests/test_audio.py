@@ -68,8 +68,9 @@ class DecodeTest(tf.test.TestCase, parameterized.TestCase):
 
     def test_mp3_with_id3_tag(self):
         want = fx.sine(1000, 0.5, 22050)
+        fake_48k_frame_header = b"\xff\xfb\x94\x00"  # inside the tag: must be skipped
         path = fx.write_mp3(os.path.join(self.get_temp_dir(), "tagged.mp3"), want, 22050,
-                            id3_padding=3000)
+                            id3_size=3000, id3_fill=fake_48k_frame_header)
         got, rate = decode(path)
         self.assertEqual(rate, 22050)
         self.assertAllClose(fx.dominant_frequency(got[:len(want), 0], rate), 1000, atol=50)
