@@ -175,6 +175,7 @@ def run(config: Config, data_dir: str, logdir: str, *, time_limit_minutes: float
     from samplernn_tf import trainer as trainer_lib  # heavy: keep `import training` cheap
 
     tc = config.train
+    previous = Config.load(logdir) if tf.io.gfile.exists(os.path.join(logdir, "config.json")) else None
     prepare_logdir(logdir, config, overwrite)
     with LogdirLock(logdir), _StopSignals() as stop:
         corpora = load_splits(data_dir, config)
@@ -184,14 +185,22 @@ def run(config: Config, data_dir: str, logdir: str, *, time_limit_minutes: float
         iterator = iter(train_ds)
         ckpt = tf.train.Checkpoint(model=trainer.model, optimizer=trainer.optimizer,
                                    step=trainer.step, data=iterator,
-                                   rnn_state=trainer.model.state_checkpoint())
+                                   rnn_state=list(tf.nest.flatten(trainer.model.state_variables)))
         manager = tf.train.CheckpointManager(ckpt, checkpoints.checkpoint_dir(logdir),
                                              max_to_keep=tc.keep_checkpoints)
         best_ckpt = tf.train.Checkpoint(model=trainer.model, step=trainer.step)
         best_manager = tf.train.CheckpointManager(best_ckpt, checkpoints.best_dir(logdir), max_to_keep=1)
         if manager.latest_checkpoint:
-            ckpt.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-            logging.info("resumed from %s at step %d", manager.latest_checkpoint, int(trainer.step))
+            path = manager.latest_checkpoint
+            if previous is not None and (previous.train.batch_size, previous.train.seed) != (
+                    tc.batch_size, tc.seed):
+                # Rows and data order differ: keep the weights, optimizer and step only.
+                tf.train.Checkpoint(model=trainer.model, optimizer=trainer.optimizer,
+                                    step=trainer.step).read(path).expect_partial()
+                logging.info("--batch_size or --seed changed: RNN state and data order start afresh")
+            else:
+                ckpt.restore(path).assert_consumed()
+            logging.info("resumed from %s at step %d", path, int(trainer.step))
         else:
             logging.info("starting a new run in %s", logdir)
 
