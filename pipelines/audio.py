@@ -13,6 +13,7 @@ from 8 or 11.025 kHz.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 
@@ -353,6 +354,18 @@ def _diagnose(path, extension, decode):
     return (out, "") if out.size else (None, "no audio samples after decoding")
 
 
+@functools.lru_cache(maxsize=16)  # repeated calls (e.g. batches of a corpus) skip tracing
+def _bytes_decoder(ext, sample_rate, normalize_mode, remove_dc, postprocess):
+    """A tf.function: file bytes (tf.string scalar) -> `load_audio`'s [T], postprocessed."""
+    def from_bytes(contents):
+        audio, rate = decode_audio(contents, ext)
+        x = normalize(resample(to_mono(audio), rate, sample_rate), normalize_mode, remove_dc)
+        return postprocess(x) if postprocess else x
+
+    # No autograph: no Python control flow on tensors here, and tracing is much faster.
+    return tf.function(from_bytes, input_signature=[tf.TensorSpec([], tf.string)], autograph=False)
+
+
 def decode_files(paths: list[str], sample_rate: int, normalize_mode="peak", remove_dc=True,
                  strict=False, postprocess=None, num_parallel_calls=tf.data.AUTOTUNE
                  ) -> list[tuple[str, np.ndarray]]:
@@ -373,20 +386,16 @@ def decode_files(paths: list[str], sample_rate: int, normalize_mode="peak", remo
     Raises:
       AudioDecodeError: with strict=True, for the first bad file.
     """
-    post = postprocess or (lambda x: x)
     groups: dict[str, list[str]] = {}
     for p in paths:
         groups.setdefault(_extension(p), []).append(p)
     decoded, decoders = {}, {}
     for ext in sorted(groups.keys() & _DECODERS.keys()):
-        def from_bytes(contents, ext=ext):  # float32 [T] or postprocessed [T]
-            audio, rate = decode_audio(contents, ext)
-            return post(normalize(resample(to_mono(audio), rate, sample_rate), normalize_mode,
-                                  remove_dc))
-
-        # No autograph: no Python control flow on tensors here, and tracing is much faster.
-        decoders[ext] = tf.function(from_bytes, input_signature=[tf.TensorSpec([], tf.string)],
-                                    autograph=False)
+        args = (ext, sample_rate, normalize_mode, remove_dc, postprocess)
+        try:
+            decoders[ext] = _bytes_decoder(*args)
+        except TypeError:  # an unhashable postprocess: no caching
+            decoders[ext] = _bytes_decoder.__wrapped__(*args)
         load = tf.autograph.experimental.do_not_convert(
             lambda p, f=decoders[ext]: (p, f(tf.io.read_file(p))))
         ds = tf.data.Dataset.from_tensor_slices(groups[ext]).map(
