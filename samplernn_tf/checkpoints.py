@@ -62,6 +62,57 @@ def resolve(logdir: str, which: str = "best") -> str:
     return path
 
 
+def candidates(directory: str) -> list[str]:
+    """Checkpoint prefixes in `directory`, newest first, even if its `checkpoint` file is damaged."""
+    try:
+        state = tf.train.get_checkpoint_state(directory)
+    except (tf.errors.OpError, ValueError) as e:  # text-proto parse errors, unreadable file
+        logging.warning("%s is damaged (%s); looking for checkpoint files directly",
+                        os.path.join(directory, "checkpoint"), e)
+        state = None
+    if state is not None and state.all_model_checkpoint_paths:
+        paths = list(state.all_model_checkpoint_paths)
+    else:
+        paths = [p[:-len(".index")] for p in tf.io.gfile.glob(os.path.join(directory, "ckpt-*.index"))]
+
+    def number(p):
+        tail = p.rsplit("-", 1)[-1]
+        return int(tail) if tail.isdigit() else -1
+
+    return sorted(paths, key=number, reverse=True)
+
+
+def restore_latest_intact(manager: tf.train.CheckpointManager, restore) -> str | None:
+    """Restores the newest checkpoint that reads back whole, falling back to older ones.
+
+    A checkpoint cut short by a crash or damaged on disk fails to restore; it is reported with
+    a warning naming its files and the previous one is tried.
+
+    Args:
+      manager: the run's CheckpointManager.
+      restore: callable(path) that restores everything and raises if anything is missing.
+
+    Returns:
+      The restored path, or None if there is no checkpoint.
+
+    Raises:
+      RuntimeError: checkpoints exist but none can be restored.
+    """
+    paths = candidates(manager.directory)
+    for path in paths:
+        try:
+            restore(path)
+            return path
+        except Exception as e:  # noqa: BLE001 - a damaged file fails in many ways (IndexError, DataLossError, ...)
+            files = ", ".join(sorted(tf.io.gfile.glob(path + ".*"))) or path
+            logging.warning("checkpoint %s is damaged or incomplete (%s: %s); falling back to the "
+                            "previous one", files, type(e).__name__, str(e).splitlines()[0][:200])
+    if paths:
+        raise RuntimeError(f"no intact checkpoint in {manager.directory} ({len(paths)} damaged); "
+                           f"move them away or use --overwrite to start afresh")
+    return None
+
+
 def restore_weights(model, path: str) -> int:
     """Restores only the model weights of a training or best checkpoint into `model`.
 

@@ -190,17 +190,18 @@ def run(config: Config, data_dir: str, logdir: str, *, time_limit_minutes: float
                                              max_to_keep=tc.keep_checkpoints)
         best_ckpt = tf.train.Checkpoint(model=trainer.model, step=trainer.step)
         best_manager = tf.train.CheckpointManager(best_ckpt, checkpoints.best_dir(logdir), max_to_keep=1)
-        if manager.latest_checkpoint:
-            path = manager.latest_checkpoint
-            if previous is not None and (previous.train.batch_size, previous.train.seed) != (
-                    tc.batch_size, tc.seed):
-                # Rows and data order differ: keep the weights, optimizer and step only.
-                tf.train.Checkpoint(model=trainer.model, optimizer=trainer.optimizer,
-                                    step=trainer.step).read(path).expect_partial()
+        same_rows = previous is None or (previous.train.batch_size, previous.train.seed) == (
+            tc.batch_size, tc.seed)
+        # Rows and data order differ otherwise: keep the weights, optimizer and step only.
+        partial = tf.train.Checkpoint(model=trainer.model, optimizer=trainer.optimizer,
+                                      step=trainer.step)
+        restored = checkpoints.restore_latest_intact(
+            manager, (lambda p: ckpt.restore(p).assert_consumed()) if same_rows else
+            (lambda p: partial.read(p).expect_partial()))
+        if restored:
+            if not same_rows:
                 logging.info("--batch_size or --seed changed: RNN state and data order start afresh")
-            else:
-                ckpt.restore(path).assert_consumed()
-            logging.info("resumed from %s at step %d", path, int(trainer.step))
+            logging.info("resumed from %s at step %d", restored, int(trainer.step))
         else:
             logging.info("starting a new run in %s", logdir)
 

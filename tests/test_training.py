@@ -93,6 +93,20 @@ class TrainingTest(tf.test.TestCase):
         self.assertEqual(result.step, 4)  # started afresh
         self.assertTrue(glob.glob(os.path.join(logdir, "checkpoints.replaced-*")))
 
+    def test_damaged_latest_checkpoint_falls_back_to_the_previous(self):
+        logdir = tempfile.mkdtemp(dir=self.get_temp_dir())
+        training.run(tiny_config(max_steps=10, valid_every=0), self.data, logdir)
+        data_file = glob.glob(os.path.join(logdir, "checkpoints", "ckpt-10.data-*"))[0]
+        with open(data_file, "r+b") as f:
+            f.truncate(os.path.getsize(data_file) // 2)
+        with self.assertLogs(level="INFO") as logs:
+            result = training.run(tiny_config(max_steps=12, valid_every=0), self.data, logdir)
+        text = "\n".join(logs.output)
+        self.assertIn(f"checkpoint {data_file}", text)
+        self.assertIn("damaged", text)
+        self.assertIn(f"resumed from {os.path.join(logdir, 'checkpoints', 'ckpt-5')} at step 5", text)
+        self.assertEqual(result.step, 12)
+
     def test_no_usable_audio_fails_before_training(self):
         root = tempfile.mkdtemp(dir=self.get_temp_dir())
         audio_fixtures.write_bytes(os.path.join(root, "train", "broken.wav"), b"not audio at all")
