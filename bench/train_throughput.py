@@ -6,7 +6,8 @@
 Configs: (1) frame_sizes 16,4, dim 256, 1 GRU layer/tier, seq_len 1024, batch 16, Q 256;
 (2) the paper's 3-tier model: frame_sizes 8,2, dim 1024, seq_len 512, batch 16, Q 256.
 Batches are random codes (throughput does not depend on the values). One target = one sample,
-so samples/step = batch * seq_len. Peak memory is the process's max RSS, so `--all` runs every
+so samples/step = batch * seq_len. Steps are timed in chunks; the best chunk is reported (the
+machine's speed when nothing else competes for its cores) with the median and the load average. Peak memory is the process's max RSS, so `--all` runs every
 case in its own process.
 """
 
@@ -66,7 +67,8 @@ def matmul_rate(dtype_name: str, seconds: float = 2.0) -> float:
     return n * len(bs) * 2 * 1024 ** 3 / (time.perf_counter() - start)
 
 
-def run_case(config_id: str, precision: str, jit: bool, steps: int, warmup: int) -> dict:
+def run_case(config_id: str, precision: str, jit: bool, steps: int, warmup: int,
+             chunks: int) -> dict:
     import numpy as np
     import tensorflow as tf
     from samplernn_tf.config import Config, DataConfig, ModelConfig, TrainConfig
@@ -91,17 +93,26 @@ def run_case(config_id: str, precision: str, jit: bool, steps: int, warmup: int)
     for _ in range(warmup):
         trainer.train_step(batch)
     trainer.train_step(batch)["bits_per_sample"].numpy()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        m = trainer.train_step(batch)
-    m["bits_per_sample"].numpy()
-    dt = time.perf_counter() - t0
-    rate = steps * B * L / dt
+    load_before = os.getloadavg()[0]
+    # Timed in chunks: the best chunk is the machine's speed when nothing else competes for
+    # the cores; the median is what a shared machine gave during this run.
+    chunk_times = []
+    for _ in range(chunks):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            m = trainer.train_step(batch)
+        m["bits_per_sample"].numpy()
+        chunk_times.append((time.perf_counter() - t0) / steps)
+    chunk_times.sort()
+    dt = chunk_times[0]
+    rate = B * L / dt
     flops = model_flops_per_sample(fs, c["dim"], L, B)
     mm_dtype = {"float32": "float32", "bf16": "bfloat16", "fp16": "float16"}[precision]
     mm = matmul_rate(mm_dtype)
     return {"config": config_id, "precision": precision, "jit": jit, "samples_per_s": rate,
-            "step_ms": dt / steps * 1e3, "first_step_s": trace_s,
+            "median_samples_per_s": B * L / chunk_times[len(chunk_times) // 2],
+            "load": (load_before + os.getloadavg()[0]) / 2,
+            "step_ms": dt * 1e3, "first_step_s": trace_s,
             "fwd_flops_per_sample": flops, "train_gflops": 3 * flops * rate / 1e9,
             "matmul_gflops": mm / 1e9, "fraction": 3 * flops * rate / mm,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -109,7 +120,8 @@ def run_case(config_id: str, precision: str, jit: bool, steps: int, warmup: int)
 
 def _fmt(r: dict) -> str:
     return (f"config {r['config']} {r['precision']:>7} xla={str(r['jit']):5}  "
-            f"{r['samples_per_s']:9.0f} samples/s  {r['step_ms']:7.1f} ms/step  "
+            f"{r['samples_per_s']:7.0f} samples/s (median {r['median_samples_per_s']:6.0f}, "
+            f"load {r['load']:.1f})  {r['step_ms']:6.1f} ms/step  "
             f"fwd {r['fwd_flops_per_sample'] / 1e6:6.2f} MFLOP/sample  train {r['train_gflops']:6.1f} "
             f"GFLOP/s = {100 * r['fraction']:4.1f}% of {r['matmul_gflops']:6.0f} GFLOP/s "
             f"({r['precision']} 1024^3 matmul)  peak RSS {r['peak_rss_mb']:6.0f} MB  "
@@ -123,7 +135,9 @@ def main(argv=None):
                    help="'all' = float32 and bf16")
     p.add_argument("--jit", action="store_true", help="XLA-compile the train step")
     p.add_argument("--jit_both", action="store_true", help="with --config/--precision all: also XLA")
-    p.add_argument("--steps", type=int, default=0, help="timed steps (default: 20 for 1, 5 for 2)")
+    p.add_argument("--steps", type=int, default=0, help="steps per timed chunk (default 5 for "
+                   "config 1, 2 for config 2)")
+    p.add_argument("--chunks", type=int, default=6, help="timed chunks; the best one is reported")
     p.add_argument("--warmup", type=int, default=2)
     args = p.parse_args(argv)
     configs = ["1", "2"] if args.config == "all" else [args.config]
@@ -132,12 +146,13 @@ def main(argv=None):
     cases = [(c, pr, j) for c in configs for pr in precisions for j in jits]
     if len(cases) == 1:
         c, pr, j = cases[0]
-        r = run_case(c, pr, j, args.steps or (20 if c == "1" else 5), args.warmup)
+        r = run_case(c, pr, j, args.steps or (5 if c == "1" else 2), args.warmup, args.chunks)
         print(_fmt(r), flush=True)
         return
     here = os.path.abspath(__file__)
     for c, pr, j in cases:
-        cmd = [sys.executable, here, f"--config={c}", f"--precision={pr}", f"--warmup={args.warmup}"]
+        cmd = [sys.executable, here, f"--config={c}", f"--precision={pr}", f"--warmup={args.warmup}",
+               f"--chunks={args.chunks}"]
         cmd += ["--jit"] if j else []
         cmd += [f"--steps={args.steps}"] if args.steps else []
         out = subprocess.run(cmd, capture_output=True, text=True)

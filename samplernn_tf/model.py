@@ -52,7 +52,7 @@ class FrameTier(keras.layers.Layer):
             rnn = RNN(d if (k == 0 or not self.skip) else 2 * d, d, rnn_type=config.rnn_type,
                       weight_norm=config.weight_norm, learn_h0=config.learn_h0,
                       lstm_forget_bias=config.lstm_forget_bias, compute_dtype=compute_dtype,
-                      name=f"rnn{k}")
+                      recurrent_dtype=compute_dtype, name=f"rnn{k}")
             # One attribute per layer: tf.train.Checkpoint does not see into Keras-tracked lists.
             setattr(self, f"rnn{k}", rnn)
             rnns.append(rnn)
