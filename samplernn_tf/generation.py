@@ -324,11 +324,13 @@ class GenerationCore:
         return states, last, tf.zeros_like(last), tf.zeros([self.B], tf.bool), tf.constant(0)
 
     def quantize_audio(self, audio):
-        """float32 [b, T] -> int32 codes [b, T], each row normalized as the pipeline does a file."""
+        """float32 [b, T] -> int32 codes [b, T], each row treated as `pipelines.dataset.load_corpus`
+        treats a decoded file: normalized, rounded to the 16-bit PCM grid, quantized."""
         from pipelines import audio as audio_lib
+        from pipelines import dataset as dataset_lib
         d = self.config.data
-        x = tf.map_fn(lambda row: audio_lib.normalize(row, d.normalize, d.remove_dc), audio,
-                      fn_output_signature=tf.float32)
+        x = tf.map_fn(lambda row: dataset_lib.pcm16_round_trip(
+            audio_lib.normalize(row, d.normalize, d.remove_dc)), audio, fn_output_signature=tf.float32)
         return quantization.encode(x, d.q_type, self.Q)
 
     def check_audio(self, audio, what: str, min_length: int):
@@ -427,6 +429,9 @@ class GenerationCore:
         temperature = tf.cast(temperature, tf.float32)
         with tf.control_dependencies(self.check_request(num_samples, temperature) + [
                 tf.debugging.Assert(batch_size > 0, ["batch_size must be positive; got", batch_size])]):
+            # Everything downstream depends on the checks, so a bad request fails on them first.
+            num_samples = tf.identity(num_samples)
+            batch_size = tf.identity(batch_size)
             temps = tf.broadcast_to(temperature, tf.reshape(batch_size, [1]))
         with self.frozen_weights():
             if prime is None:

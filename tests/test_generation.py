@@ -48,10 +48,11 @@ def teacher_forced_logits(model, config, codes, prime_codes=None):
 
 
 def prime_codes_of(config, prime):
-    """The codes the generator makes of a prime: per-row normalization, then quantization."""
+    """The codes the generator makes of a prime: each row as the pipeline does a file."""
     from pipelines import audio
     d = config.data
-    x = np.stack([audio.normalize(row, d.normalize, d.remove_dc).numpy() for row in prime])
+    x = np.stack([dataset.pcm16_round_trip(audio.normalize(row, d.normalize, d.remove_dc)).numpy()
+                  for row in prime])
     return quantization.encode(x, d.q_type, config.model.q_levels).numpy()
 
 
