@@ -94,17 +94,29 @@ class Dense(keras.layers.Layer):
         self.bias = self.add_weight(shape=(units,), initializer=bias_init, name="bias") if use_bias else None
         self.built = True
 
-    def call(self, x, relu=False):
-        """x: [..., in_dim] -> [..., units] in the compute dtype, ReLU applied if `relu`."""
+    def params(self):
+        """(kernel [in_dim, units], bias [units] or None) in the compute dtype, weight norm applied.
+
+        Compute once and pass to `call(params=...)` to keep weight normalization out of a loop.
+        """
+        bias = None if self.bias is None else tf.cast(self.bias, self.cdtype)
+        return tf.cast(self.kernel.value(), self.cdtype), bias
+
+    def call(self, x, relu=False, params=None):
+        """x: [..., in_dim] -> [..., units] in the compute dtype, ReLU applied if `relu`.
+
+        `params`: optional precomputed `self.params()`.
+        """
+        kernel, bias = self.params() if params is None else params
         x = tf.cast(x, self.cdtype)
         shape, rank = tf.shape(x), x.shape.rank
         if rank != 2:
             x = tf.reshape(x, [-1, self.in_dim])
         # MatMul -> BiasAdd -> Relu adjacent (no Reshape between), so that grappler fuses them
         # into one oneDNN call; unfused bfloat16 elementwise ops are slow on CPU.
-        y = tf.matmul(x, tf.cast(self.kernel.value(), self.cdtype))
-        if self.bias is not None:
-            y = tf.nn.bias_add(y, tf.cast(self.bias, self.cdtype))
+        y = tf.matmul(x, kernel)
+        if bias is not None:
+            y = tf.nn.bias_add(y, bias)
         if relu:
             y = tf.nn.relu(y)
         if rank != 2:
@@ -373,9 +385,15 @@ class RNN(keras.layers.Layer):
         """The recurrent kernel U [D, G*D] in the recurrent matmul dtype."""
         return tf.cast(self.recurrent.value(), self.rdtype)
 
-    def project(self, x):
+    def params(self):
+        """Effective weights for `step(params=...)`: {'input': Dense params, 'u': [D, G*D],
+        'b': float32 [G*D] recurrent bias (GRU) or None}."""
+        b = None if self.recurrent_bias is None else tf.convert_to_tensor(self.recurrent_bias)
+        return {"input": self.input_proj.params(), "u": self.recurrent_kernel(), "b": b}
+
+    def project(self, x, params=None):
         """Input projection: x [..., in_dim] -> float32 [..., G*D]."""
-        return tf.cast(self.input_proj.call(x), tf.float32)
+        return tf.cast(self.input_proj.call(x, params=params), tf.float32)
 
     def call(self, x, state):
         """Runs a window. x: time-major [T, B, in_dim]; state: tuple of [B, D].
@@ -400,16 +418,16 @@ class RNN(keras.layers.Layer):
         seqs = [tf.concat(o, axis=1) if parts > 1 else o[0] for o in zip(*outs)]
         return seqs[0], tuple(q[-1] for q in seqs)
 
-    def step(self, x, state, u=None):
-        """One step. x: [B, in_dim]; state: tuple of [B, D]; u: optional precomputed kernel.
+    def step(self, x, state, params=None):
+        """One step. x: [B, in_dim]; state: tuple of [B, D]; params: optional `self.params()`.
 
         Returns:
           (output float32 [B, D], new state).
         """
-        xp = self.project(x)
-        u = self.recurrent_kernel() if u is None else u
+        params = self.params() if params is None else params
+        xp = self.project(x, params["input"])
         if self.rnn_type == "gru":
-            h = gru_cell(xp, state[0], u, tf.convert_to_tensor(self.recurrent_bias))
+            h = gru_cell(xp, state[0], params["u"], params["b"])
             return h, (h,)
-        h, c = lstm_cell(xp, state[0], state[1], u)
+        h, c = lstm_cell(xp, state[0], state[1], params["u"])
         return h, (h, c)

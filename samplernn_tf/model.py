@@ -65,19 +65,25 @@ class FrameTier(keras.layers.Layer):
         """Tuple over RNN layers of tuples of float32 [batch_size, D]."""
         return tuple(rnn.initial_state(batch_size) for rnn in self.rnns)
 
-    def _rnn_input(self, codes, cond):
-        x = self.expand.call(frame_tier_input(codes, self.q_levels))
+    def params(self):
+        """Effective weights for `step(params=...)`, computed once per generation run:
+        {'expand': ..., 'rnns': tuple over layers, 'upsample': ...}."""
+        return {"expand": self.expand.params(), "rnns": tuple(r.params() for r in self.rnns),
+                "upsample": self.upsample.params()}
+
+    def _rnn_input(self, codes, cond, params=None):
+        x = self.expand.call(frame_tier_input(codes, self.q_levels), params=params)
         if cond is not None:
             x = x + tf.cast(cond, self.cdtype)
         return x
 
     def _stack(self, x, state, run, training):
         outputs, new_state, inp = [], [], x
-        for k, rnn in enumerate(self.rnns):
+        for k in range(len(self.rnns)):
             if k > 0:
                 inp = outputs[-1] if not self.skip else tf.concat(
                     [x, tf.cast(outputs[-1], self.cdtype)], axis=-1)
-            y, s = run(rnn, inp, state[k])
+            y, s = run(k, inp, state[k])
             if training and self.dropout > 0:
                 y = tf.nn.dropout(y, rate=self.dropout)
             outputs.append(y)
@@ -99,7 +105,7 @@ class FrameTier(keras.layers.Layer):
           (conditioning for the tier below in the compute dtype, new state).
         """
         x = self._rnn_input(codes, cond)
-        out, new_state = self._stack(x, state, lambda rnn, i, s: rnn.call(i, s), training)
+        out, new_state = self._stack(x, state, lambda k, i, s: self.rnns[k].call(i, s), training)
         if batch_major_output:
             out = self.upsample.call(tf.transpose(out, [1, 0, 2]))      # [B, T, r*D]
             return tf.reshape(out, [tf.shape(out)[0], -1, self.dim]), new_state
@@ -121,21 +127,26 @@ class FrameTier(keras.layers.Layer):
         return self.run_time_major(tf.transpose(codes, [1, 0, 2]), cond, state, training,
                                    batch_major_output=True)
 
-    def step(self, frame, cond, state):
+    def step(self, frame, cond, state, params=None):
         """Runs ONE frame, for autoregressive generation (dropout off).
 
         Args:
           frame: int32 [B, f], the f codes of the frame.
           cond: [B, D] conditioning vector for this step from the tier above, or None (top tier).
           state: this tier's state (tuple over layers of tuples of [B, D]).
+          params: optional `self.params()`; pass it inside a generation loop so that weight
+            normalization is not recomputed at every frame.
 
         Returns:
           (conditioning for the next `ratio` steps of the tier below, [B, ratio, D] in the compute
           dtype; new state).
         """
-        x = self._rnn_input(frame, cond)
-        out, new_state = self._stack(x, state, lambda rnn, i, s: rnn.step(i, s), False)
-        return tf.reshape(self.upsample.call(out), [-1, self.ratio, self.dim]), new_state
+        params = self.params() if params is None else params
+        x = self._rnn_input(frame, cond, params["expand"])
+        out, new_state = self._stack(
+            x, state, lambda k, i, s: self.rnns[k].step(i, s, params["rnns"][k]), False)
+        out = self.upsample.call(out, params=params["upsample"])
+        return tf.reshape(out, [-1, self.ratio, self.dim]), new_state
 
 
 class SampleMLP(keras.layers.Layer):
@@ -186,37 +197,41 @@ class SampleMLP(keras.layers.Layer):
         out = tf.matmul(e, self.first.value())
         return tf.reshape(out, tf.concat([tf.shape(prev_codes)[:-1], [self.dim]], 0))
 
-    def _head(self, h, cond):
-        h = tf.cast(tf.nn.relu(h + tf.cast(cond, h.dtype)), self.cdtype)
-        for layer in self.hidden:
-            h = layer.call(h, relu=True)
-        return tf.cast(self.output_layer.call(h), tf.float32)
+    def params(self):
+        """Effective weights, computed once per generation run: {'table': float32 [F, Q, D],
+        'hidden': tuple of Dense params, 'output': Dense params}."""
+        return {"table": self.table(), "hidden": tuple(h.params() for h in self.hidden),
+                "output": self.output_layer.params()}
 
-    def call(self, prev_codes, cond, table=None):
+    def call(self, prev_codes, cond, params=None):
         """Logits for every target.
 
         Args:
           prev_codes: int32 [..., F], the F codes before each target.
           cond: [..., D] conditioning from the lowest frame tier.
-          table: optional precomputed `table()`.
+          params: optional precomputed `self.params()`.
 
         Returns:
           float32 logits [..., Q].
         """
-        table = self.table() if table is None else table
+        params = self.params() if params is None else params
         lead = tf.shape(prev_codes)[:-1]
         # 2-D throughout, so that every Dense is a plain fused MatMul + BiasAdd (+ Relu).
         codes = tf.reshape(prev_codes, [-1, self.frame_size])
-        cond = tf.reshape(cond, [-1, self.dim])
-        logits = self._head(gather_sum(table, codes), cond)
+        h = gather_sum(params["table"], codes)
+        h = tf.cast(tf.nn.relu(h + tf.cast(tf.reshape(cond, [-1, self.dim]), h.dtype)), self.cdtype)
+        for layer, p in zip(self.hidden, params["hidden"]):
+            h = layer.call(h, relu=True, params=p)
+        logits = tf.cast(self.output_layer.call(h, params=params["output"]), tf.float32)
         return tf.reshape(logits, tf.concat([lead, [self.q_levels]], 0))
 
-    def logits(self, prev_codes, cond, table=None):
+    def logits(self, prev_codes, cond, params=None):
         """One sample step for generation: prev_codes int32 [B, F], cond [B, D] -> float32 [B, Q].
 
-        Pass `table=self.table()` computed once outside a generation loop.
+        Pass `params=self.params()` (which holds the [F, Q, D] table) computed once outside the
+        generation loop.
         """
-        return self.call(prev_codes, cond, table)
+        return self.call(prev_codes, cond, params)
 
 
 class _StateStore:
@@ -269,6 +284,12 @@ class SampleRNN(keras.Model):
         self.sample_mlp = SampleMLP(config, compute_dtype=compute_dtype, name="sample_mlp")
         self.built = True
         self._store = None if batch_size is None else _StateStore(self.initial_states(batch_size))
+
+    def step_params(self):
+        """Effective weights of every piece for generation loops, computed once:
+        {'tiers': tuple of FrameTier.params() (top first), 'sample_mlp': SampleMLP.params()}."""
+        return {"tiers": tuple(t.params() for t in self.tiers),
+                "sample_mlp": self.sample_mlp.params()}
 
     def initial_states(self, batch_size):
         """The (learned) initial state broadcast to `batch_size` rows. See the module docstring."""

@@ -225,16 +225,19 @@ class SampleRNNTest(tf.test.TestCase, parameterized.TestCase):
         want, _ = model.forward(w, model.initial_states(2))
         top, mid = model.tiers
         s_top, s_mid = model.initial_states(2)
-        table = model.sample_mlp.table()
+        params = model.step_params()
+        self.assertEqual(params["sample_mlp"]["table"].shape, (2, Q, 32))
+        p_top, p_mid = params["tiers"]
         got = []
         for j in range(2):
-            cond_mid, s_top = top.step(w["tier_inputs"][0][:, j], None, s_top)
+            cond_mid, s_top = top.step(w["tier_inputs"][0][:, j], None, s_top, p_top)
             for m in range(4):
-                cond_s, s_mid = mid.step(w["tier_inputs"][1][:, 4 * j + m], cond_mid[:, m], s_mid)
+                cond_s, s_mid = mid.step(w["tier_inputs"][1][:, 4 * j + m], cond_mid[:, m], s_mid,
+                                         p_mid if m % 2 else None)
                 for i in range(2):
                     pos = 8 * j + 2 * m + i
                     got.append(model.sample_mlp.logits(w["sample_inputs"][:, pos], cond_s[:, i],
-                                                       table))
+                                                       params["sample_mlp"] if i else None))
         self.assertAllClose(tf.stack(got, 1), want, atol=1e-5)
 
     def test_bf16_close_to_float32(self):
