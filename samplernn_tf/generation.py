@@ -9,10 +9,11 @@ Design (see also docs/serving.md):
     dynamic number of frames, so one compilation serves every length and batch size is the
     only shape XLA sees change. (A jit over the whole loop would need a static length and
     recompile per length.)
-  * The weights are read from the model once per call, outside the loop: weight-normalized
-    kernels and the sample MLP's [F, Q, D] lookup table (gather-sum replaces embedding+matmul).
-    The state is carried as tensors; the stateful training variables are never touched, so
-    concurrent calls share nothing.
+  * The steps are the model's own (`FrameTier.step`, `SampleMLP.logits`), fed the effective
+    weights that `SampleRNN.step_params()` computes once per call, outside the loop
+    (weight-normalized kernels, biases, the sample MLP's [F, Q, D] lookup table: a gather-sum
+    replaces embedding + matmul). The state is carried as tensors; the stateful training
+    variables are never touched, so concurrent calls share nothing.
   * Sampling is Gumbel-max, `argmax(logits / T + g)`, with the noise `g` drawn from a
     counter-based integer hash of (seed, position, row, class). `tf.random.stateless_categorical`
     would be the obvious choice, but it has no XLA kernel for int64 seeds and XLA's stateless RNG
@@ -28,9 +29,7 @@ Design (see also docs/serving.md):
 
 from __future__ import annotations
 
-import contextlib
 import math
-import threading
 from typing import Iterator
 
 import numpy as np
@@ -38,13 +37,10 @@ import tensorflow as tf
 
 from samplernn_tf import quantization
 from samplernn_tf.config import Config
-from samplernn_tf.layers import WeightNormKernel
 
 # Beyond this many samples per top frame the unrolled body gets large (graph size and XLA
 # compile time grow linearly); still correct, only slower to build.
 MAX_UNROLL = 512
-# Serializes `GenerationCore.frozen_weights` (it patches the model's kernel layers while tracing).
-_FREEZE_LOCK = threading.RLock()
 
 
 # ------------------------------------------------------------------------------ noise --
@@ -129,60 +125,20 @@ class GenerationCore:
         self._body_jit = tf.function(self.frame_body, jit_compile=True)
         self._block_jit = tf.function(self.frame_block, jit_compile=True)
 
-    # -- weights ---------------------------------------------------------------------------
-
-    def _kernel_layers(self):
-        return [layer for layer in self.model._flatten_layers(include_self=False)
-                if isinstance(layer, WeightNormKernel)]
-
-    @contextlib.contextmanager
-    def using_kernels(self, values):
-        """While active (at trace time), kernel layer i's `value()` returns `values[i]`.
-
-        Nested uses restore the outer values on exit. The XLA body is a separate tf.function
-        whose trace is cached across callers, so it receives the kernels as arguments and
-        re-enters this context on them instead of capturing a caller's tensors.
-        """
-        with _FREEZE_LOCK:
-            kernels = self._kernel_layers()
-            saved = [k.__dict__.get("value") for k in kernels]
-            for k, v in zip(kernels, values):
-                object.__setattr__(k, "value", lambda v=v: v)
-            try:
-                yield
-            finally:
-                for k, old in zip(kernels, saved):
-                    if old is None:
-                        object.__delattr__(k, "value")
-                    else:
-                        object.__setattr__(k, "value", old)
-
-    @contextlib.contextmanager
-    def frozen_weights(self):
-        """Computes every weight-normalized kernel once, outside any loop, and makes the model's
-        kernel layers return those tensors while active, so the model's own step functions
-        (`FrameTier.step`, `SampleMLP.logits`, `forward`) run on precomputed kernels:
-        generation is the model's arithmetic by construction. Yields the kernel list.
-        """
-        with _FREEZE_LOCK:
-            values = [k.value() for k in self._kernel_layers()]
-            with self.using_kernels(values):
-                yield values
+    # -- weights and the model's own step functions ------------------------------------------
 
     def params(self):
-        """Per-call precomputation (inside `frozen_weights`): the kernels and the [F, Q, D] table."""
-        return {"kernels": [k.value() for k in self._kernel_layers()],
-                "table": self.model.sample_mlp.table()}
+        """The model's effective weights (weight norm applied, biases read, the sample MLP's
+        [F, Q, D] lookup table), computed once per call outside every loop."""
+        return self.model.step_params()
 
-    # -- one step of each part: the model's own step functions -------------------------------
-
-    def tier_step(self, k, frame, cond, state):
+    def tier_step(self, k, p, frame, cond, state):
         """Tier k on ONE frame: int32 [b, f], [b, D] or None, state -> ([b, ratio, D], state)."""
-        return self.model.tiers[k].step(frame, cond, state)
+        return self.model.tiers[k].step(frame, cond, state, params=p["tiers"][k])
 
     def mlp_logits(self, p, prev_codes, cond):
         """Sample MLP for one sample via the lookup table: int32 [b, F], [b, D] -> f32 [b, Q]."""
-        return self.model.sample_mlp.logits(prev_codes, cond, table=p["table"])
+        return self.model.sample_mlp.logits(prev_codes, cond, params=p["sample_mlp"])
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -202,10 +158,6 @@ class GenerationCore:
         Returns:
           (codes int32 [b, B], new states, logits float32 [b, B, Q] or None).
         """
-        with self.using_kernels(p["kernels"]):
-            return self._frame_body(p, states, last, pos, key, temps, forced, force_mask, want_logits)
-
-    def _frame_body(self, p, states, last, pos, key, temps, forced, force_mask, want_logits):
         b = tf.shape(last)[0]
         noise = gumbel_noise(key, pos + tf.range(self.B, dtype=tf.int64), b, self.Q)
         inv_t = 1.0 / temps[:, None]
@@ -228,7 +180,7 @@ class GenerationCore:
 
         def run_tier(k, cond):
             f = self.frame_sizes[k]
-            up, new_states[k] = self.tier_step(k, tf.stack(hist[-f:], axis=1), cond, new_states[k])
+            up, new_states[k] = self.tier_step(k, p, tf.stack(hist[-f:], axis=1), cond, new_states[k])
             for r in range(self.ratios[k]):
                 c = up[:, r]
                 if k == last_tier:
@@ -400,10 +352,6 @@ class GenerationCore:
         force_mask = tf.range(B) < k
         return states, last, tf.reshape(tail, [batch_size, B]), force_mask, k
 
-    def prime_frozen(self, audio, batch_size):
-        with self.frozen_weights():
-            return self.prime(audio, batch_size)
-
     # -- whole calls -------------------------------------------------------------------------
 
     def check_request(self, num_samples, temperature):
@@ -433,15 +381,14 @@ class GenerationCore:
             num_samples = tf.identity(num_samples)
             batch_size = tf.identity(batch_size)
             temps = tf.broadcast_to(temperature, tf.reshape(batch_size, [1]))
-        with self.frozen_weights():
-            if prime is None:
-                states, last, forced, mask, k = self.start(batch_size)
-            else:
-                states, last, forced, mask, k = self.prime(prime, batch_size)
-            num_frames = (k + num_samples + self.B - 1) // self.B
-            codes, _, _, logits = self.run_frames(
-                self.params(), states, last, tf.constant(0, tf.int64), num_frames, temps,
-                seed_key(seed), forced, mask, want_logits)
+        if prime is None:
+            states, last, forced, mask, k = self.start(batch_size)
+        else:
+            states, last, forced, mask, k = self.prime(prime, batch_size)
+        num_frames = (k + num_samples + self.B - 1) // self.B
+        codes, _, _, logits = self.run_frames(
+            self.params(), states, last, tf.constant(0, tf.int64), num_frames, temps,
+            seed_key(seed), forced, mask, want_logits)
         codes = codes[:, k:k + num_samples]
         out = {"audio": quantization.decode(codes, self.config.data.q_type, self.Q), "codes": codes}
         if want_logits:
@@ -450,9 +397,8 @@ class GenerationCore:
 
     def continue_frames(self, states, last, pos, num_frames, temps, seed, forced, force_mask):
         """`run_frames` with its own weight precomputation: one chunk of a stream."""
-        with self.frozen_weights():
-            return self.run_frames(self.params(), states, last, pos, num_frames, temps,
-                                   seed_key(seed), forced, force_mask)[:3]
+        return self.run_frames(self.params(), states, last, pos, num_frames, temps,
+                               seed_key(seed), forced, force_mask)[:3]
 
     def score(self, audio):
         """NLL in bits per sample of each row, as `samplernn_tf.evaluate` computes it for a file.
@@ -488,10 +434,9 @@ class GenerationCore:
                 labels=parts["targets"][:, 0], logits=tf.cast(logits, tf.float32))
             return w + 1, states, acc + tf.reduce_sum(nll * weights[w * L: w * L + L], axis=1)
 
-        with self.frozen_weights():
-            _, _, acc = tf.while_loop(lambda w, *_: w < n, window,
-                                      (tf.constant(0), self.model.initial_states(b), tf.zeros([b])),
-                                      parallel_iterations=1)
+        _, _, acc = tf.while_loop(lambda w, *_: w < n, window,
+                                  (tf.constant(0), self.model.initial_states(b), tf.zeros([b])),
+                                  parallel_iterations=1)
         return acc / tf.cast(t, tf.float32) / math.log(2.0)
 
 
@@ -522,7 +467,7 @@ class Generator:
         i32, f32 = tf.TensorSpec([], tf.int32), tf.TensorSpec([None], tf.float32)
         self._generate = tf.function(self.core.generate, reduce_retracing=True)
         self._start = tf.function(self.core.start, input_signature=[i32])
-        self._prime = tf.function(self.core.prime_frozen, input_signature=[
+        self._prime = tf.function(self.core.prime, input_signature=[
             tf.TensorSpec([None, None], tf.float32), i32])
         self._run = tf.function(
             self.core.continue_frames, input_signature=[state_spec, tf.TensorSpec([None, B], tf.int32),
