@@ -200,7 +200,6 @@ def _weight_grad(x, dy, dtype):
 
 
 _JIT_LOOPS = False
-_ROW_GROUPS = 1
 
 
 def _loop_fn(fn):
@@ -403,20 +402,11 @@ class RNN(keras.layers.Layer):
         """
         xp = self.project(x)
         u = self.recurrent_kernel()
-        parts = _ROW_GROUPS if (xp.shape[1] or 0) % _ROW_GROUPS == 0 else 1
-        xps = tf.split(xp, parts, axis=1) if parts > 1 else [xp]
-        states = [tf.split(s, parts, axis=0) for s in state] if parts > 1 else [[s] for s in state]
-        outs = []
-        for k in range(parts):
-            # Independent row groups are independent while loops, which the executor runs on
-            # separate cores; a [B/2, D] @ [D, 3D] step costs about half of a [B, D] one in f32.
-            if self.rnn_type == "gru":
-                outs.append((gru_sequence(xps[k], states[0][k], u,
-                                          tf.convert_to_tensor(self.recurrent_bias)),))
-            else:
-                outs.append(lstm_sequence(xps[k], states[0][k], states[1][k], u))
-        seqs = [tf.concat(o, axis=1) if parts > 1 else o[0] for o in zip(*outs)]
-        return seqs[0], tuple(q[-1] for q in seqs)
+        if self.rnn_type == "gru":
+            hs = gru_sequence(xp, state[0], u, tf.convert_to_tensor(self.recurrent_bias))
+            return hs, (hs[-1],)
+        hs, cs = lstm_sequence(xp, state[0], state[1], u)
+        return hs, (hs[-1], cs[-1])
 
     def step(self, x, state, params=None):
         """One step. x: [B, in_dim]; state: tuple of [B, D]; params: optional `self.params()`.

@@ -203,6 +203,10 @@ class SampleMLP(keras.layers.Layer):
         return {"table": self.table(), "hidden": tuple(h.params() for h in self.hidden),
                 "output": self.output_layer.params()}
 
+    def _first_layer(self, codes, params):
+        """Embedding + first linear of codes int32 [N, F] -> float32 [N, D], via the table."""
+        return gather_sum(params["table"], codes)
+
     def call(self, prev_codes, cond, params=None):
         """Logits for every target.
 
@@ -218,7 +222,7 @@ class SampleMLP(keras.layers.Layer):
         lead = tf.shape(prev_codes)[:-1]
         # 2-D throughout, so that every Dense is a plain fused MatMul + BiasAdd (+ Relu).
         codes = tf.reshape(prev_codes, [-1, self.frame_size])
-        h = gather_sum(params["table"], codes)
+        h = self._first_layer(codes, params)
         h = tf.cast(tf.nn.relu(h + tf.cast(tf.reshape(cond, [-1, self.dim]), h.dtype)), self.cdtype)
         for layer, p in zip(self.hidden, params["hidden"]):
             h = layer.call(h, relu=True, params=p)
