@@ -54,12 +54,15 @@ class ServingModule(tf.Module):
       jit: XLA-compile the generation loop body; None = the Generator's default rule.
     """
 
-    def __init__(self, model, config, step: int, jit: bool | None = None, frames_per_call: int = 1):
+    def __init__(self, model, config, step: int, jit: bool | None = None,
+                 frames_per_call: int | None = None):
         super().__init__(name="samplernn_serving")
         from samplernn_tf import generation
         if jit is None:
             jit = config.model.dim <= 512
-        self._core = generation.GenerationCore(model, config, jit=jit, frames_per_call=frames_per_call)
+        self._core = generation.GenerationCore(
+            model, config, jit=jit,
+            frames_per_call=frames_per_call or generation.DEFAULT_FRAMES_PER_CALL)
         # The underlying tf.Variables: the functions capture these, so they must be tracked here.
         self.weights = [v.value for v in model.weights]
         self._config_json = config.to_json()

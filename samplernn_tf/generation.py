@@ -41,6 +41,8 @@ from samplernn_tf.config import Config
 # Beyond this many samples per top frame the unrolled body gets large (graph size and XLA
 # compile time grow linearly); still correct, only slower to build.
 MAX_UNROLL = 512
+# Top frames per XLA launch (the XLA loop's buffers have this static size).
+DEFAULT_FRAMES_PER_CALL = 32
 
 
 # ------------------------------------------------------------------------------ noise --
@@ -108,10 +110,12 @@ class GenerationCore:
     Args:
       model: a `samplernn_tf.model.SampleRNN` (any batch_size; its state variables are unused).
       config: the run's Config (quantization, normalization, seq_len).
-      jit: XLA-compile the per-frame loop body.
+      jit: XLA-compile the loop body: blocks of `frames_per_call` frames per XLA launch (a
+        launch costs ~10-20 us; 32 frames per launch is +20% at dim 256, batch 1).
     """
 
-    def __init__(self, model, config: Config, jit: bool = True, frames_per_call: int = 1):
+    def __init__(self, model, config: Config, jit: bool = True,
+                 frames_per_call: int = DEFAULT_FRAMES_PER_CALL):
         self.model = model
         self.config = config
         m = config.model
@@ -122,7 +126,6 @@ class GenerationCore:
         self.pad_code = quantization.zero_code(config.data.q_type, self.Q)
         self.jit = jit
         self.frames_per_call = max(1, int(frames_per_call))
-        self._body_jit = tf.function(self.frame_body, jit_compile=True)
         self._block_jit = tf.function(self.frame_block, jit_compile=True)
 
     # -- weights and the model's own step functions ------------------------------------------
@@ -192,79 +195,85 @@ class GenerationCore:
         logits = tf.stack(logits_out, axis=1) if want_logits else None
         return tf.stack(codes, axis=1), tuple(new_states), logits
 
-    def frame_block(self, p, states, last, pos, n, key, temps, forced, force_mask):
-        """Up to `frames_per_call` frames in one (XLA) call: n (int32, 1..K) frames.
-
-        Returns (codes int32 [K, b, B] (rows >= n unspecified), states, last).
-        """
-        K = self.frames_per_call
-        ta = tf.TensorArray(tf.int32, size=K, element_shape=last.shape)
-        no_force = tf.zeros([self.B], tf.bool)
-
-        def body(i, states, last, mask, ta):
-            codes, states, _ = self.frame_body(p, states, last, pos + tf.cast(i, tf.int64) * self.B,
-                                               key, temps, forced, mask)
-            return i + 1, states, codes, no_force, ta.write(i, codes)
-
-        _, states, last, _, ta = tf.while_loop(
-            lambda i, *_: i < n, body, (tf.constant(0), states, last, force_mask, ta),
-            maximum_iterations=K)
-        return ta.stack(), states, last
-
-    def _run_blocks(self, p, states, last, pos, num_frames, temps, key, forced, force_mask):
-        K = self.frames_per_call
-        b = tf.shape(last)[0]
-        blocks = (num_frames + K - 1) // K
-        ta = tf.TensorArray(tf.int32, size=blocks, element_shape=tf.TensorShape([K, None, self.B]))
-        no_force = tf.zeros([self.B], tf.bool)
-
-        def body(j, states, last, mask, ta):
-            n = tf.minimum(K, num_frames - j * K)
-            codes, states, last = self._block_jit(p, states, last, pos + tf.cast(j * K, tf.int64) * self.B,
-                                                  n, key, temps, forced, mask)
-            return j + 1, states, last, no_force, ta.write(j, codes)
-
-        _, states, last, _, ta = tf.while_loop(
-            lambda j, *_: j < blocks, body, (tf.constant(0), states, last, force_mask, ta),
-            parallel_iterations=1)
-        frames = tf.reshape(ta.stack(), [blocks * K, b, self.B])[:num_frames]
-        codes = tf.reshape(tf.transpose(frames, [1, 0, 2]), [b, num_frames * self.B])
-        return codes, states, last, None
-
-    def run_frames(self, p, states, last, pos, num_frames, temps, key, forced, force_mask,
-                   want_logits=False):
-        """Generates `num_frames` top frames in a tf.while_loop.
+    def frames_loop(self, p, states, last, pos, n, size, key, temps, forced, force_mask,
+                    want_logits=False):
+        """Generates n top frames in a tf.while_loop into buffers of `size` (>= n) frames.
 
         Args:
           as `frame_body`; `pos` is the position of the first frame's first target, and the
-          force mask applies to the first frame only. num_frames: int32 scalar >= 0.
+          force mask applies to the first frame only. n: int32 scalar >= 0; size: int32 >= n
+          (a Python int inside XLA, where buffers need a static size).
 
         Returns:
-          (codes int32 [b, num_frames*B], new states, new last [b, B], logits [b, n*B, Q] or None).
+          (codes int32 [size, b, B], new states, new last [b, B], logits [size, b, B, Q] or None);
+          frames >= n of the buffers are unspecified.
         """
-        if self.jit and self.frames_per_call > 1 and not want_logits:
-            return self._run_blocks(p, states, last, pos, num_frames, temps, key, forced, force_mask)
-        body_fn = self._body_jit if self.jit else self.frame_body
-        b = tf.shape(last)[0]
-        ta = tf.TensorArray(tf.int32, size=num_frames, element_shape=tf.TensorShape([None, self.B]))
-        lta = tf.TensorArray(tf.float32, size=num_frames if want_logits else 0,
-                             element_shape=tf.TensorShape([None, self.B, self.Q]))
+        shape = tf.TensorShape([None, self.B])
+        ta = tf.TensorArray(tf.int32, size=size, element_shape=shape)
+        lta = tf.TensorArray(tf.float32, size=size if want_logits else 0,
+                             element_shape=shape.concatenate([self.Q]))
         no_force = tf.zeros([self.B], tf.bool)
 
         def body(i, states, last, mask, ta, lta):
-            codes, states, logits = body_fn(p, states, last, pos + tf.cast(i, tf.int64) * self.B,
-                                            key, temps, forced, mask, want_logits)
+            codes, states, logits = self.frame_body(p, states, last, pos + tf.cast(i, tf.int64) * self.B,
+                                                    key, temps, forced, mask, want_logits)
             if want_logits:
                 lta = lta.write(i, logits)
             return i + 1, states, codes, no_force, ta.write(i, codes), lta
 
         _, states, last, _, ta, lta = tf.while_loop(
-            lambda i, *_: i < num_frames, body, (tf.constant(0), states, last, force_mask, ta, lta),
-            parallel_iterations=1)
-        codes = tf.reshape(tf.transpose(ta.stack(), [1, 0, 2]), [b, num_frames * self.B])
-        logits = None
+            lambda i, *_: i < n, body, (tf.constant(0), states, last, force_mask, ta, lta),
+            parallel_iterations=1, maximum_iterations=size if isinstance(size, int) else None)
+        return ta.stack(), states, last, (lta.stack() if want_logits else None)
+
+    def frame_block(self, p, states, last, pos, n, key, temps, forced, force_mask, want_logits):
+        """Up to K = `frames_per_call` frames: what one XLA launch computes."""
+        return self.frames_loop(p, states, last, pos, n, self.frames_per_call, key, temps, forced,
+                                force_mask, want_logits)
+
+    def run_frames(self, p, states, last, pos, num_frames, temps, key, forced, force_mask,
+                   want_logits=False):
+        """Generates `num_frames` top frames: one tf.while_loop, or with `jit` a loop over XLA
+        launches of `frames_per_call` frames each (the last one shorter).
+
+        Args:
+          as `frames_loop`.
+
+        Returns:
+          (codes int32 [b, num_frames*B], new states, new last [b, B], logits [b, n*B, Q] or None).
+        """
+        b = tf.shape(last)[0]
+        if not self.jit:
+            frames, states, last, logits = self.frames_loop(
+                p, states, last, pos, num_frames, num_frames, key, temps, forced, force_mask,
+                want_logits)
+        else:
+            K = self.frames_per_call
+            blocks = (num_frames + K - 1) // K
+            ta = tf.TensorArray(tf.int32, size=blocks, element_shape=tf.TensorShape([K, None, self.B]))
+            lta = tf.TensorArray(tf.float32, size=blocks if want_logits else 0,
+                                 element_shape=tf.TensorShape([K, None, self.B, self.Q]))
+            no_force = tf.zeros([self.B], tf.bool)
+
+            def body(j, states, last, mask, ta, lta):
+                n = tf.minimum(K, num_frames - j * K)
+                codes, states, last, logits = self._block_jit(
+                    p, states, last, pos + tf.cast(j * K, tf.int64) * self.B, n, key, temps, forced,
+                    mask, want_logits)
+                if want_logits:
+                    lta = lta.write(j, logits)
+                return j + 1, states, last, no_force, ta.write(j, codes), lta
+
+            _, states, last, _, ta, lta = tf.while_loop(
+                lambda j, *_: j < blocks, body, (tf.constant(0), states, last, force_mask, ta, lta),
+                parallel_iterations=1)
+            frames = tf.reshape(ta.stack(), [blocks * K, b, self.B])[:num_frames]
+            logits = None
+            if want_logits:
+                logits = tf.reshape(lta.stack(), [blocks * K, b, self.B, self.Q])[:num_frames]
+        codes = tf.reshape(tf.transpose(frames, [1, 0, 2]), [b, num_frames * self.B])
         if want_logits:
-            logits = tf.reshape(tf.transpose(lta.stack(), [1, 0, 2, 3]), [b, -1, self.Q])
+            logits = tf.reshape(tf.transpose(logits, [1, 0, 2, 3]), [b, -1, self.Q])
         return codes, states, last, logits
 
     # -- starting points ---------------------------------------------------------------------
@@ -448,11 +457,13 @@ class Generator:
     Args:
       model: a `SampleRNN` holding the trained weights (any batch_size).
       config: the run's Config.
-      jit: XLA-compile the per-frame body; None = on for dim <= 512 (where per-op overhead
-        dominates), off above (matrix-vector bound; see bench/generate_speed.py).
+      jit: XLA-compile the loop body; None = on for dim <= 512 (where per-op overhead
+        dominates), off above (matrix-vector bound either way; see bench/generate_speed.py).
+      frames_per_call: top frames per XLA launch (with jit). The audio does not depend on it.
     """
 
-    def __init__(self, model, config: Config, jit: bool | None = None, frames_per_call: int = 1):
+    def __init__(self, model, config: Config, jit: bool | None = None,
+                 frames_per_call: int = DEFAULT_FRAMES_PER_CALL):
         if jit is None:
             jit = config.model.dim <= 512
         self.config = config

@@ -64,16 +64,16 @@ class TeacherForcingTest(tf.test.TestCase, parameterized.TestCase):
     """Feeding the generated codes back through `model.forward` gives the generator's logits."""
 
     @parameterized.named_parameters(
-        ("gru_3tier_graph", dict(frame_sizes=(8, 2)), False),
-        ("gru_3tier_xla", dict(frame_sizes=(8, 2)), True),
-        ("lstm_2layer_skip_4tier", dict(frame_sizes=(8, 4, 2), rnn_type="lstm", rnn_layers=2,
-                                        skip_connections=True), True),
-        ("gru_2tier", dict(frame_sizes=(4,)), False),
+        ("gru_3tier_graph", dict(frame_sizes=(8, 2)), False, 1),
+        ("gru_3tier_xla_blocks_of_2", dict(frame_sizes=(8, 2)), True, 2),
+        ("lstm_2layer_skip_4tier_xla", dict(frame_sizes=(8, 4, 2), rnn_type="lstm", rnn_layers=2,
+                                            skip_connections=True), True, 32),
+        ("gru_2tier", dict(frame_sizes=(4,)), False, 1),
     )
-    def test_generator_logits_equal_forward(self, model_kw, jit):
+    def test_generator_logits_equal_forward(self, model_kw, jit, frames_per_call):
         config = tiny_config(seq_len=16, **model_kw)
         model = tiny_model(config, seed=1)
-        gen = generation.Generator(model, config, jit=jit)
+        gen = generation.Generator(model, config, jit=jit, frames_per_call=frames_per_call)
         audio, codes, logits = gen.generate_with_logits(45, batch_size=3, temperature=1.0, seed=4)
         self.assertEqual(codes.shape, (3, 45))
         self.assertEqual(logits.shape, (3, 45, Q))
@@ -119,11 +119,16 @@ class GeneratorTest(tf.test.TestCase, parameterized.TestCase):
         self.assertEqual([c.shape[1] for _, c in chunks], [24, 24, 24, 24, 4])
         self.assertAllEqual(np.concatenate([c for _, c in chunks], axis=1), c1)
 
-    def test_xla_and_graph_paths_draw_the_same_codes(self):
+    def test_xla_graph_and_block_sizes_draw_the_same_codes(self):
         plain = generation.Generator(self.model, self.config, jit=False)
-        _, c_plain = plain.generate(64, batch_size=2, temperature=1.0, seed=3)
-        _, c_xla = self.gen.generate(64, batch_size=2, temperature=1.0, seed=3)
-        self.assertAllEqual(c_plain, c_xla)
+        blocks3 = generation.Generator(self.model, self.config, jit=True, frames_per_call=3)
+        prime = noise_clip(1, 30, seed=2)
+        for kw in ({}, {"prime": prime}):
+            _, c_plain = plain.generate(75, batch_size=2, temperature=1.0, seed=3, **kw)
+            _, c_xla = self.gen.generate(75, batch_size=2, temperature=1.0, seed=3, **kw)
+            _, c_blocks = blocks3.generate(75, batch_size=2, temperature=1.0, seed=3, **kw)
+            self.assertAllEqual(c_plain, c_xla)
+            self.assertAllEqual(c_plain, c_blocks)
 
     def test_per_row_temperature(self):
         _, codes, logits = self.gen.generate_with_logits(40, batch_size=2, temperature=[1e-4, 1.0],
