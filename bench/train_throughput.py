@@ -159,7 +159,7 @@ def _indexed_slices_gather_sum(table, codes):
     return tf.reduce_sum(tf.gather(tf.reshape(table, [f * q, d]), idx), axis=-2)
 
 
-def ablate(config_id, precision, steps, chunks):
+def ablate(config_id, precision, steps, chunks, only=""):
     import contextlib
     import tensorflow as tf
     from samplernn_tf import layers, losses, model as model_lib
@@ -182,11 +182,14 @@ def ablate(config_id, precision, steps, chunks):
         "autodiff RNN loop": patched(layers, "gru_sequence", _autodiff_gru_sequence),
         "tf sparse softmax CE": patched(losses, "sparse_softmax_nll", tf_ce),
         "IndexedSlices gather grad": patched(model_lib, "gather_sum", _indexed_slices_gather_sum),
+        "XLA train step (added)": contextlib.nullcontext(),
     }
+    if only:
+        variants = {k: v for k, v in variants.items() if k == "as shipped" or k.startswith(only)}
     trainers, batch = {}, None
     for name, ctx in variants.items():
         with ctx:
-            trainer, batch = make_trainer_and_batch(config_id, precision, False)
+            trainer, batch = make_trainer_and_batch(config_id, precision, name.startswith("XLA"))
             for _ in range(2):  # traces under the patch
                 trainer.train_step(batch)["bits_per_sample"].numpy()
         trainers[name] = trainer
@@ -208,6 +211,7 @@ def main(argv=None):
     p.add_argument("--jit", action="store_true", help="XLA-compile the train step")
     p.add_argument("--jit_both", action="store_true", help="run each case with and without XLA")
     p.add_argument("--ablate", action="store_true", help="time each lever undone (one config)")
+    p.add_argument("--only", default="", help="with --ablate: only variants starting with this")
     p.add_argument("--steps", type=int, default=0, help="steps per timed chunk (default 5 for "
                    "config 1, 2 for config 2)")
     p.add_argument("--chunks", type=int, default=6, help="timed chunks; the best one is reported")
@@ -228,7 +232,7 @@ def main(argv=None):
         c, pr, j = cases[0]
         steps = args.steps or (5 if c == "1" else 2)
         if args.ablate:
-            ablate(c, pr, steps, args.chunks)
+            ablate(c, pr, steps, args.chunks, args.only)
         else:
             print(_fmt(run_case(c, pr, j, steps, args.warmup, args.chunks)), flush=True)
         return

@@ -53,11 +53,13 @@ class WeightNormKernel(keras.layers.Layer):
                  blocks: int = 1, name=None):
         super().__init__(name=name)
         # Orthogonal init per gate block: each gate's recurrent matrix is orthogonal on its own.
+        # A fresh initializer per block: an unseeded Keras 3 initializer repeats its values.
         init_fn = _initializer(init)
         if blocks > 1:
             per = units // blocks
-            def init_fn(shape, dtype=None, _f=_initializer(init)):  # noqa: E306
-                return tf.concat([_f((shape[0], per), dtype) for _ in range(blocks)], axis=1)
+            def init_fn(shape, dtype=None):  # noqa: E306
+                return tf.concat([_initializer(init)((shape[0], per), dtype) for _ in range(blocks)],
+                                 axis=1)
         self.v = self.add_weight(shape=(in_dim, units), initializer=init_fn, name="v")
         self.weight_norm = weight_norm
         if weight_norm:
@@ -199,14 +201,6 @@ def _weight_grad(x, dy, dtype):
     return tf.matmul(x2, dy2, transpose_a=True)
 
 
-_JIT_LOOPS = False
-
-
-def _loop_fn(fn):
-    """The time loops, optionally XLA-compiled (one fused kernel per step instead of ~12 ops)."""
-    return tf.function(fn, jit_compile=True) if _JIT_LOOPS else fn
-
-
 def _time_loop(n, body, init, reverse=False):
     """Runs `body(t, *carry) -> carry` for t = 0..n-1 (or n-1..0)."""
     def cond(k, *_):
@@ -257,7 +251,7 @@ def gru_sequence(xp, h0, u, b):
 
     @tf.custom_gradient
     def run(xp, h0, u, b):
-        hs = _loop_fn(_gru_forward_loop)(xp, h0, u, b)
+        hs = _gru_forward_loop(xp, h0, u, b)
 
         def grad(dhs):
             d = h0.shape[-1]
@@ -272,7 +266,7 @@ def gru_sequence(xp, h0, u, b):
             k_z = (hprev - g) * z * (1.0 - z)
             k_hh = tf.concat([k_r, k_z, k_n * r], axis=-1)
             # U^T once: oneDNN re-packs a transpose_b operand at every call.
-            dh, dh0 = _loop_fn(_gru_backward_loop)(dhs, k_hh, z, tf.transpose(u))
+            dh, dh0 = _gru_backward_loop(dhs, k_hh, z, tf.transpose(u))
             dhh = tf.tile(dh, [1, 1, 3]) * k_hh
             dxp = tf.concat([dhh[..., :2 * d], dh * k_n], axis=-1)
             return dxp, dh0, _weight_grad(hprev, dhh, u.dtype), tf.reduce_sum(dhh, axis=[0, 1])

@@ -340,7 +340,9 @@ class SampleRNN(keras.Model):
     def state_checkpoint(self):
         """A tf.train.Checkpoint of the RNN-state variables alone, for a training job that wants
         to resume mid-file (`tf.train.Checkpoint(model=..., rnn_state=model.state_checkpoint())`).
-        Such a checkpoint only restores into a model of the same batch size.
+        Such a checkpoint only restores into a model of the same batch size. Under a
+        multi-replica strategy the variables are per-replica (ON_READ) and a checkpoint holds
+        replica 0's rows only.
         """
         self._require_state()
         flat = tf.nest.flatten(self._store.variables)

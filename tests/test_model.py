@@ -172,6 +172,14 @@ class SampleRNNTest(tf.test.TestCase, parameterized.TestCase):
             self.assertAllClose(a[0], i[0])
             self.assertAllClose(a[1:], b[1:])
 
+    def test_recurrent_init_orthogonal_per_gate(self):
+        model = SampleRNN(tiny_config(rnn_type="lstm"))
+        u = model.tiers[0].rnns[0].recurrent.value().numpy()
+        blocks = np.split(u, 4, axis=1)
+        for blk in blocks:
+            self.assertAllClose(blk.T @ blk, np.eye(32), atol=1e-4)
+        self.assertGreater(np.abs(blocks[0] - blocks[1]).max(), 0.1)
+
     def test_state_not_in_weights_or_checkpoint_and_batch1_restore(self):
         cfg = tiny_config()
         model = SampleRNN(cfg, batch_size=4)
