@@ -80,6 +80,9 @@ def define_train_flags() -> None:
     flags.DEFINE_integer("seed", d.seed, "Seed for data order, initialization and sampling.")
     flags.DEFINE_enum("mixed_precision", d.mixed_precision, config_lib.PRECISIONS,
                       "Compute precision; bf16 runs on CPU too. Softmax, loss and RNN state stay float32.")
+    flags.DEFINE_integer("max_nonfinite_steps", d.max_nonfinite_steps,
+                         "Steps with a non-finite loss or gradients are skipped (weights unchanged); "
+                         "training stops after this many in a row.")
 
 
 def _ints(name: str, values) -> tuple[int, ...]:

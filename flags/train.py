@@ -5,6 +5,7 @@ from __future__ import annotations
 from absl import flags
 
 from flags import common
+from samplernn_tf.distribute import STRATEGIES
 
 
 def define_flags() -> None:
@@ -21,6 +22,11 @@ def define_flags() -> None:
     flags.DEFINE_boolean("overwrite", False,
                          "Allow a --logdir whose config.json has a different model or data setup; "
                          "its old checkpoints are ignored and the run starts from step 0.")
+    flags.DEFINE_enum("strategy", "default", list(STRATEGIES),
+                      "Distribution: 'default' (one device), 'mirrored' (this machine's GPUs), "
+                      "'multi_worker' (several machines; cluster from the TF_CONFIG environment "
+                      "variable), 'tpu' (TPUClusterResolver; untested). --batch_size is global and "
+                      "split across replicas. See docs/distributed.md.")
     common.define_model_flags()
     common.define_data_flags()
     common.define_train_flags()

@@ -161,6 +161,8 @@ class TrainConfig:
       early_stopping: stop after this many validations without improvement (0 = never).
       seed: seed for data order, initialization and sampling.
       mixed_precision: 'float32', 'bf16' or 'fp16'.
+      max_nonfinite_steps: a step with a non-finite loss or gradients is skipped (no update);
+        training stops after this many such steps in a row.
     """
 
     batch_size: int = 32
@@ -181,6 +183,7 @@ class TrainConfig:
     early_stopping: int = 0
     seed: int = 1234
     mixed_precision: str = "float32"
+    max_nonfinite_steps: int = 10
 
     def __post_init__(self):
         _require(self.batch_size >= 1, "batch_size", f"must be positive, got {self.batch_size}")
@@ -197,6 +200,8 @@ class TrainConfig:
         _require(self.audio_seconds > 0, "audio_seconds", f"must be > 0, got {self.audio_seconds}")
         _require(self.keep_checkpoints >= 1, "keep_checkpoints", f"must be >= 1, got {self.keep_checkpoints}")
         _choice(self.mixed_precision, "mixed_precision", PRECISIONS)
+        _require(self.max_nonfinite_steps >= 1, "max_nonfinite_steps",
+                 f"must be >= 1, got {self.max_nonfinite_steps}")
 
 
 @dataclasses.dataclass(frozen=True)

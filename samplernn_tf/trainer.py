@@ -85,7 +85,9 @@ class Trainer:
       optimizer: Adam (wrapped in a LossScaleOptimizer for fp16) with a `LearningRate` schedule.
       step: int64 tf.Variable, incremented by every train_step.
       checkpoint: tf.train.Checkpoint(model=, optimizer=, step=) (no RNN state).
-      train_step: tf.function(batch) -> {'bits_per_sample', 'grad_norm', 'learning_rate'}.
+      train_step: tf.function(batch) -> {'bits_per_sample', 'grad_norm', 'learning_rate',
+        'finite'}. A step whose loss or gradients are not finite changes no variable (weights,
+        optimizer slots and iterations, RNN state) except `step`, and returns finite=False.
       eval_step: tf.function(batch, states) -> (sum_nll_nats, num_targets, new_states).
 
     Raises:
@@ -119,9 +121,8 @@ class Trainer:
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
         self.checkpoint = tf.train.Checkpoint(model=self.model, optimizer=self.optimizer,
                                               step=self.step)
-        spec = batch_spec(config, tc.batch_size if replicas == 1 else None)
-        self.train_step = tf.function(self._train_step, input_signature=[spec],
-                                      jit_compile=jit_compile)
+        self._jit_compile = jit_compile
+        self.use_input_spec(batch_spec(config, tc.batch_size if replicas == 1 else None))
         states_spec = tf.nest.map_structure(lambda t: tf.TensorSpec([None, t.shape[-1]], t.dtype),
                                             self.model.initial_states(1))
         self.eval_step = tf.function(self._eval_step,
@@ -131,8 +132,14 @@ class Trainer:
         """For a multi-replica strategy: distributes `dataset` (global batches) and recompiles
         `train_step` for its per-replica element spec. Returns the distributed dataset."""
         dist = self.strategy.experimental_distribute_dataset(dataset)
-        self.train_step = tf.function(self._train_step, input_signature=[dist.element_spec])
+        self.use_input_spec(dist.element_spec)
         return dist
+
+    def use_input_spec(self, spec):
+        """(Re)compiles `train_step` for batches of `spec`: the global batch spec, or the spec of
+        per-replica values (`samplernn_tf.distribute.split_batch`)."""
+        self.train_step = tf.function(self._train_step, input_signature=[spec],
+                                      jit_compile=self._jit_compile)
 
     # ------------------------------------------------------------------------------ training --
 
@@ -151,6 +158,7 @@ class Trainer:
         local_count = tf.reduce_sum(batch["weights"])
         count = ctx.all_reduce(tf.distribute.ReduceOp.SUM, local_count) if replicas > 1 else local_count
         scale = tf.cast(self.optimizer.dynamic_scale, tf.float32) if self.fp16 else None
+        states_before = self.model.get_states()  # put back if this step is skipped
         with tf.GradientTape() as tape:
             logits = self.model(batch, training=True)
             nll, _ = losses.nll_nats(logits, batch["targets"], batch["weights"])
@@ -160,24 +168,54 @@ class Trainer:
                 loss = loss * scale
         grads = tape.gradient(loss, variables)
         grads = [tf.convert_to_tensor(g) for g in grads]
+        # A non-finite loss can come with finite gradients (e.g. NaN weights on masked targets).
+        bad_loss = tf.cast(tf.logical_not(tf.math.is_finite(local_nll)), tf.float32)
         if replicas > 1:
-            # Clip the summed gradient, not each replica's part of it.
-            grads = ctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+            # Clip the summed gradient, not each replica's part of it (one batched all-reduce).
+            grads, bad_loss = ctx.all_reduce(tf.distribute.ReduceOp.SUM, (grads, bad_loss))
         if scale is not None:
             grads = [g / scale for g in grads]
         norm = tf.linalg.global_norm(grads)
+        # The same on every replica: norm and bad_loss are all-reduced.
+        finite = tf.logical_and(tf.math.is_finite(norm), tf.equal(bad_loss, 0.0))
         lr = tf.convert_to_tensor(self._adam.learning_rate, tf.float32)
         grads = self._clip(grads, norm)
         if scale is not None:
             # Hand the LossScaleOptimizer scaled gradients again (exact: scale is a power of two);
             # any non-finite raw gradient must stay non-finite so that it skips the step.
-            finite = tf.math.is_finite(norm)
             grads = [g * tf.where(finite, scale, math.nan) for g in grads]
         if replicas > 1:
             # Keras's optimizer sums gradients across replicas again; hand it one share each.
             grads = [g / replicas for g in grads]
-        self.optimizer.apply(grads, variables)
-        return local_nll, local_count, norm, lr
+        self._apply_if_finite(finite, grads, variables)
+        # The forward pass already moved the RNN state; a skipped step leaves it as it was.
+        flat_states = tf.nest.flatten(self.model.state_variables)
+        def keep_states():
+            for v, old in zip(flat_states, tf.nest.flatten(states_before)):
+                v.assign(old)
+
+        tf.cond(finite, lambda: None, keep_states)
+        return local_nll, local_count, norm, lr, finite
+
+    def _apply_if_finite(self, finite, grads, variables):
+        """optimizer.apply(grads) if `finite` (a replica-uniform bool), else nothing at all."""
+        if self.fp16:
+            # The LossScaleOptimizer skips non-finite steps itself, and must see them to lower
+            # its scale; `grads` were made non-finite above whenever `finite` is False.
+            self.optimizer.apply(grads, variables)
+            return
+
+        # optimizer.apply calls merge_call, which tf.distribute refuses inside a tf.cond branch
+        # in replica context: branch in cross-replica context instead (what Keras's own
+        # LossScaleOptimizer does).
+        def cross_replica(strategy, grads, finite):
+            def apply():
+                strategy.extended.call_for_each_replica(self.optimizer.apply,
+                                                        args=(grads, variables))
+
+            tf.cond(strategy.experimental_local_results(finite)[0], apply, lambda: None)
+
+        tf.distribute.get_replica_context().merge_call(cross_replica, args=(grads, finite))
 
     def _train_step(self, batch):
         """One TBPTT window of every row: forward, weighted NLL, clip, Adam step, step += 1.
@@ -186,16 +224,19 @@ class Trainer:
           batch: the data-contract dict of global (or distributed) batches.
 
         Returns:
-          {'bits_per_sample', 'grad_norm' (before clipping), 'learning_rate'}: float32 scalars.
+          {'bits_per_sample', 'grad_norm' (before clipping), 'learning_rate'}: float32 scalars;
+          'finite': bool scalar, False if the update was skipped (non-finite loss or gradients).
         """
-        nll, count, norm, lr = self.strategy.run(self._replica_step, args=(batch,))
+        nll, count, norm, lr, finite = self.strategy.run(self._replica_step, args=(batch,))
         nll = self.strategy.reduce(tf.distribute.ReduceOp.SUM, nll, axis=None)
         count = self.strategy.reduce(tf.distribute.ReduceOp.SUM, count, axis=None)
         norm = self.strategy.experimental_local_results(norm)[0]
         lr = self.strategy.experimental_local_results(lr)[0]
+        finite = self.strategy.experimental_local_results(finite)[0]
+        # The step counts windows consumed (data position), skipped or not.
         self.step.assign_add(1)
         return {"bits_per_sample": losses.nats_to_bits(tf.math.divide_no_nan(nll, count)),
-                "grad_norm": norm, "learning_rate": lr}
+                "grad_norm": norm, "learning_rate": lr, "finite": finite}
 
     # ---------------------------------------------------------------------------- evaluation --
 
