@@ -22,14 +22,18 @@ Signatures (all stateless; no signature assigns a variable):
       () -> sample_rate, q_type, q_levels, frame_sizes, seq_len, normalize, remove_dc, step,
       config_json (the whole run config)
 
+Exporting the checkpoint a version directory already holds again is a no-op; another export
+in an existing version directory is an error unless --overwrite.
+
 The last line the binary prints is one JSON object: export_path, version, checkpoint, step,
-signatures.
+signatures, reused.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 
 import tensorflow as tf
@@ -42,6 +46,7 @@ from samplernn_tf import errors
 FLAGS = flags.FLAGS
 
 SIGNATURES = ("serving_default", "generate", "continue", "score", "config")
+EXPORT_INFO = "export.json"  # asset: which checkpoint (path, step) the export holds
 
 
 class ServingModule(tf.Module):
@@ -55,7 +60,7 @@ class ServingModule(tf.Module):
     """
 
     def __init__(self, model, config, step: int, jit: bool | None = None,
-                 frames_per_call: int | None = None):
+                 frames_per_call: int | None = None, checkpoint: str = ""):
         super().__init__(name="samplernn_serving")
         from samplernn_tf import generation
         if jit is None:
@@ -71,6 +76,10 @@ class ServingModule(tf.Module):
         with open(path, "w") as f:
             f.write(self._config_json + "\n")
         self.config_asset = tf.saved_model.Asset(path)
+        path = os.path.join(self._tmp, EXPORT_INFO)
+        with open(path, "w") as f:
+            json.dump({"checkpoint": checkpoint, "step": int(step), "jit": bool(jit)}, f)
+        self.export_info_asset = tf.saved_model.Asset(path)
         m, d = config.model, config.data
         self._info = {
             "sample_rate": tf.constant(d.sample_rate, tf.int32),
@@ -145,15 +154,42 @@ def save(module: ServingModule, path: str) -> None:
     options = tf.saved_model.SaveOptions(experimental_custom_gradients=False)
     tf.saved_model.save(module, tmp, signatures=module.signatures(), options=options)
     tf.io.gfile.rename(tmp, path)
+    shutil.rmtree(module._tmp, ignore_errors=True)  # the asset sources, copied into the export
+
+
+def read_export_info(path: str) -> dict | None:
+    """The `assets/export.json` of an export directory ({'checkpoint', 'step', 'jit'}), or None."""
+    info = os.path.join(path, "assets", EXPORT_INFO)
+    if not tf.io.gfile.exists(info):
+        return None
+    with tf.io.gfile.GFile(info) as f:
+        return json.load(f)
+
+
+def export_saved_model(logdir: str, export_dir: str, checkpoint: str = "best",
+                       version: str = "step", jit: bool | None = None,
+                       overwrite: bool = False) -> str:
+    """Exports a run's checkpoint to `<export_dir>/<version>` and returns that path.
+
+    See `export_run`.
+    """
+    return export_run(logdir, export_dir, checkpoint, version, jit, overwrite)["export_path"]
 
 
 def export_run(logdir: str, export_dir: str, checkpoint: str = "best", version: str = "step",
                jit: bool | None = None, overwrite: bool = False) -> dict:
     """Restores a run's checkpoint and exports it to `<export_dir>/<version>`.
 
+    Exporting the same checkpoint to the version that already holds it is a no-op (a re-run
+    of a job does not fail); any other existing version directory is an error unless
+    `overwrite` (then it is replaced: avoid that under a running server).
+
+    Returns:
+      {'export_path', 'version', 'checkpoint', 'step', 'signatures', 'reused'}.
+
     Raises:
       FileNotFoundError: no config.json or no checkpoint.
-      errors.UserError: the version directory exists (and not `overwrite`), or a bad version.
+      errors.UserError: the version directory holds another export, or a bad version.
     """
     from samplernn_tf import checkpoints
     from samplernn_tf.config import Config
@@ -168,16 +204,23 @@ def export_run(logdir: str, export_dir: str, checkpoint: str = "best", version: 
         raise errors.UserError(str(e)) from e
     v = resolve_version(export_dir, version, step)
     target = os.path.join(export_dir, str(v))
+    result = {"export_path": target, "version": v, "checkpoint": path, "step": step,
+              "signatures": list(SIGNATURES), "reused": False}
     if tf.io.gfile.exists(target):
+        info = read_export_info(target)
+        if not overwrite and info and info.get("checkpoint") == path and info.get("step") == step:
+            logging.info("%s already holds %s (step %d); not exporting again", target, path, step)
+            return {**result, "reused": True}
         if not overwrite:
-            raise errors.UserError(f"{target} already exists; pass --version=next, another "
-                                   f"--version, or --overwrite")
+            raise errors.UserError(
+                f"{target} already exists and holds another export "
+                f"({(info or {}).get('checkpoint', 'unknown checkpoint')}); pass --version=next, "
+                f"another --version, or --overwrite")
         tf.io.gfile.rmtree(target)
-    module = ServingModule(model, config, step, jit=jit)
+    module = ServingModule(model, config, step, jit=jit, checkpoint=path)
     logging.info("exporting %s (step %d) to %s", path, step, target)
     save(module, target)
-    return {"export_path": target, "version": v, "checkpoint": path, "step": step,
-            "signatures": list(SIGNATURES)}
+    return result
 
 
 def main(argv):

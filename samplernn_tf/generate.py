@@ -58,11 +58,39 @@ def write_wav(path: str, audio: np.ndarray, sample_rate: int) -> None:
     tf.io.write_file(path, data)
 
 
-def generate_files(logdir: str, output_dir: str, *, num_seqs: int, num_samples: int,
+def generate_files(logdir: str, output_dir: str, *, num_seqs: int = 1,
+                   num_samples: int | None = None, seconds: float | None = None,
+                   temperature: float = 1.0, seed: int = 0, prime_audio: str | None = None,
+                   checkpoint: str = "best", jit: bool | None = None,
+                   chunk_seconds: float = 1.0) -> list[str]:
+    """Restores a run, generates `num_seqs` sequences and writes them as WAV files.
+
+    The length is `num_samples`, or `seconds` at the model's rate. Returns the WAV paths.
+    See `run_generation` for the arguments and errors.
+    """
+    return run_generation(logdir, output_dir, num_seqs=num_seqs, num_samples=num_samples,
+                          seconds=seconds, temperature=temperature, seed=seed,
+                          prime_audio=prime_audio, checkpoint=checkpoint, jit=jit,
+                          chunk_seconds=chunk_seconds)["files"]
+
+
+def run_generation(logdir: str, output_dir: str, *, num_seqs: int = 1,
+                   num_samples: int | None = None, seconds: float | None = None,
                    temperature: float = 1.0, seed: int = 0, prime_audio: str | None = None,
                    checkpoint: str = "best", jit: bool | None = None,
                    chunk_seconds: float = 1.0) -> dict:
     """Restores a run, generates `num_seqs` sequences and writes them as WAV files.
+
+    Args:
+      logdir: the training run directory.
+      output_dir: where the WAVs go (created).
+      num_seqs: sequences, generated as one batch.
+      num_samples, seconds: the length; give one (`num_samples` wins if both).
+      temperature, seed: sampling.
+      prime_audio: optional audio file to continue (any format and rate).
+      checkpoint: 'best', 'latest' or a path prefix.
+      jit: XLA for the generation loop (None = by model size).
+      chunk_seconds: progress is logged after each chunk of this length.
 
     Returns:
       {'files': [...], 'step', 'checkpoint', 'seconds', 'samples_per_second'}.
@@ -77,14 +105,16 @@ def generate_files(logdir: str, output_dir: str, *, num_seqs: int, num_samples: 
 
     if num_seqs < 1:
         raise errors.UserError(f"--num_seqs must be >= 1, got {num_seqs}")
-    if num_samples < 1:
-        raise errors.UserError(f"the length must be positive (--seconds / --num_samples), got "
-                               f"{num_samples} samples")
     if not temperature > 0:
         raise errors.UserError(f"--temperature must be > 0, got {temperature}")
     if chunk_seconds <= 0:
         raise errors.UserError(f"--chunk_seconds must be > 0, got {chunk_seconds}")
     config = Config.load(logdir)
+    if num_samples is None or num_samples <= 0:
+        if seconds is None or not seconds > 0:
+            raise errors.UserError(f"the length must be positive: --seconds={seconds}, "
+                                   f"--num_samples={num_samples}")
+        num_samples = int(round(seconds * config.data.sample_rate))
     path = checkpoints.resolve(logdir, checkpoint)
     prime = load_prime(prime_audio, config) if prime_audio else None
     model = SampleRNN(config.model)
@@ -122,25 +152,16 @@ def generate_files(logdir: str, output_dir: str, *, num_seqs: int, num_samples: 
             "samples_per_second": num_samples * num_seqs / max(elapsed, 1e-9)}
 
 
-def num_samples_from(seconds: float, num_samples: int, sample_rate: int) -> int:
-    """--num_samples if > 0, else round(--seconds * rate)."""
-    return int(num_samples) if num_samples > 0 else int(round(seconds * sample_rate))
-
-
 def main(argv):
     del argv
     from flags import generate as generate_flags
-    from samplernn_tf.config import Config
     with errors.exit_on_user_error():
-        if FLAGS.num_samples <= 0 and not FLAGS.seconds > 0:
-            raise errors.UserError(f"--seconds must be > 0, got {FLAGS.seconds}")
-        rate = Config.load(FLAGS.logdir).data.sample_rate
-        result = generate_files(
+        result = run_generation(
             FLAGS.logdir, FLAGS.output_dir, num_seqs=FLAGS.num_seqs,
-            num_samples=num_samples_from(FLAGS.seconds, FLAGS.num_samples, rate),
-            temperature=FLAGS.temperature, seed=FLAGS.seed, prime_audio=FLAGS.prime_audio,
-            checkpoint=FLAGS.checkpoint, jit=generate_flags.jit_from_flag(FLAGS.jit),
-            chunk_seconds=FLAGS.chunk_seconds)
+            num_samples=FLAGS.num_samples if FLAGS.num_samples > 0 else None,
+            seconds=FLAGS.seconds, temperature=FLAGS.temperature, seed=FLAGS.seed,
+            prime_audio=FLAGS.prime_audio, checkpoint=FLAGS.checkpoint,
+            jit=generate_flags.jit_from_flag(FLAGS.jit), chunk_seconds=FLAGS.chunk_seconds)
         print(json.dumps(result))
 
 

@@ -84,8 +84,11 @@ class ExportTest(tf.test.TestCase):
         self.assertEqual(self.summary["version"], STEP)
         self.assertEqual(self.summary["export_path"], self.path)
         self.assertEqual(sorted(os.listdir(self.export_dir)), [str(STEP)])  # no temp dir left
-        for name in ("saved_model.pb", "variables", "assets/config.json"):
+        for name in ("saved_model.pb", "variables", "assets/config.json", "assets/export.json"):
             self.assertTrue(os.path.exists(os.path.join(self.path, name)), name)
+        info = export.read_export_info(self.path)
+        self.assertEqual(info["step"], STEP)
+        self.assertEqual(info["checkpoint"], self.summary["checkpoint"])
         with open(os.path.join(self.path, "assets", "config.json")) as f:
             self.assertEqual(Config.from_json(f.read()), self.config)
         info = {k: v.numpy() for k, v in self.loaded.signatures["config"]().items()}
@@ -217,8 +220,14 @@ print(json.dumps({{"codes": out["codes"].numpy().tolist(), "rate": rate, "mods":
         self.assertEqual(export.resolve_version(os.path.join(self.root, "none"), "next", STEP), 1)
         with self.assertRaisesRegex(errors.UserError, "--version=x"):
             export.resolve_version(self.export_dir, "x", STEP)
-        with self.assertRaisesRegex(errors.UserError, "already exists"):
-            export.export_run(self.logdir, self.export_dir)
+        # The same checkpoint again: a no-op that returns the existing export.
+        again = export.export_run(self.logdir, self.export_dir)
+        self.assertTrue(again["reused"])
+        self.assertEqual(export.export_saved_model(self.logdir, self.export_dir), self.path)
+        other = os.path.join(self.root, "other_models")
+        tf.io.gfile.makedirs(os.path.join(other, "7"))
+        with self.assertRaisesRegex(errors.UserError, "already exists and holds another export"):
+            export.export_run(self.logdir, other, version="7")
         with self.assertRaisesRegex(FileNotFoundError, "no checkpoint"):
             empty = os.path.join(self.root, "empty_run")
             self.config.save(empty)
@@ -258,12 +267,21 @@ class GenerateBinaryTest(tf.test.TestCase):
             self.assertEqual(rate, 16000)
             self.assertAllEqual(quantization.encode(audio, "mu-law", Q), codes[i])
 
-        result = run(base + [f"--prime_audio={bad_path}"], env=clean_env())
-        self.assertEqual(result.returncode, 2)
-        self.assertIn(f"error: {bad_path}:", result.stderr)
+        files = generate.generate_files(logdir, os.path.join(root, "out2"), seconds=0.004, seed=2)
+        self.assertEqual([os.path.basename(f) for f in files], ["step42_t1.00_seed2_000.wav"])
+        self.assertEqual(read_wav(files[0])[0].shape, (64,))
+
+        # The two user errors, in parallel: exit status 2 and one clear line.
         empty = os.path.join(root, "empty")
         config.save(empty)
-        result = run([PYTHON, "-m", "samplernn_tf.generate", f"--logdir={empty}",
-                      f"--output_dir={out}"], env=clean_env())
-        self.assertEqual(result.returncode, 2)
-        self.assertIn("error: no checkpoint in", result.stderr)
+        procs = [subprocess.Popen(args, cwd=REPO, env=clean_env(), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+                 for args in (base + [f"--prime_audio={bad_path}"],
+                              [PYTHON, "-m", "samplernn_tf.generate", f"--logdir={empty}",
+                               f"--output_dir={out}"])]
+        outs = [p.communicate(timeout=300) for p in procs]  # reads the pipes while waiting
+        (bad_rc, bad_err), (empty_rc, empty_err) = [(p.returncode, o[1]) for p, o in zip(procs, outs)]
+        self.assertEqual(bad_rc, 2, bad_err[-2000:])
+        self.assertIn(f"error: {bad_path}:", bad_err)
+        self.assertEqual(empty_rc, 2, empty_err[-2000:])
+        self.assertIn("error: no checkpoint in", empty_err)
