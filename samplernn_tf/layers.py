@@ -50,16 +50,15 @@ class WeightNormKernel(keras.layers.Layer):
     """
 
     def __init__(self, in_dim: int, units: int, *, weight_norm: bool, init: str = "he",
-                 blocks: int = 1, name=None):
+                 blocks: int = 1, init_scale: float = 1.0, name=None):
         super().__init__(name=name)
-        # Orthogonal init per gate block: each gate's recurrent matrix is orthogonal on its own.
-        # A fresh initializer per block: an unseeded Keras 3 initializer repeats its values.
-        init_fn = _initializer(init)
-        if blocks > 1:
+
+        def init_fn(shape, dtype=None):
+            # Per gate block (each gate's recurrent matrix orthogonal on its own), with a fresh
+            # initializer per block: an unseeded Keras 3 initializer repeats its values.
             per = units // blocks
-            def init_fn(shape, dtype=None):  # noqa: E306
-                return tf.concat([_initializer(init)((shape[0], per), dtype) for _ in range(blocks)],
-                                 axis=1)
+            w = tf.concat([_initializer(init)((shape[0], per), dtype) for _ in range(blocks)], 1)
+            return w * init_scale
         self.v = self.add_weight(shape=(in_dim, units), initializer=init_fn, name="v")
         self.weight_norm = weight_norm
         if weight_norm:
@@ -83,16 +82,19 @@ class Dense(keras.layers.Layer):
       use_bias: add a bias (float32 variable, cast to the compute dtype).
       weight_norm: weight-normalize the kernel.
       init: 'he', 'glorot' or 'orthogonal' for the kernel direction.
+      init_scale: factor on the initial kernel.
       bias_init: initializer of the bias (default zeros).
       compute_dtype: dtype of the matmul and of the output.
     """
 
     def __init__(self, in_dim: int, units: int, *, use_bias: bool = True, weight_norm: bool = True,
-                 init: str = "he", bias_init="zeros", compute_dtype="float32", name=None):
+                 init: str = "he", init_scale: float = 1.0, bias_init="zeros",
+                 compute_dtype="float32", name=None):
         super().__init__(name=name)
         self.in_dim, self.units = in_dim, units
         self.cdtype = as_compute_dtype(compute_dtype)
-        self.kernel = WeightNormKernel(in_dim, units, weight_norm=weight_norm, init=init, name="kernel")
+        self.kernel = WeightNormKernel(in_dim, units, weight_norm=weight_norm, init=init,
+                                       init_scale=init_scale, name="kernel")
         self.bias = self.add_weight(shape=(units,), initializer=bias_init, name="bias") if use_bias else None
         self.built = True
 

@@ -25,6 +25,10 @@ from samplernn_tf.config import ModelConfig
 from samplernn_tf.layers import RNN, Dense, WeightNormKernel, as_compute_dtype, gather_sum
 from samplernn_tf.quantization import frame_tier_input
 
+# Initial scale of the output layer's kernel: logits start with std ~0.5 instead of ~1.6, so that
+# training starts near the uniform log2(Q) bits rather than 1-2 bits above it.
+LOGITS_INIT_SCALE = 0.3
+
 
 class FrameTier(keras.layers.Layer):
     """A frame-level tier: codes -> [-2, 2] -> linear f->D (+ conditioning) -> RNNs -> upsampling.
@@ -177,7 +181,7 @@ class SampleMLP(keras.layers.Layer):
                                       for k in range(2))
         self.hidden = (self.hidden0, self.hidden1)
         self.output_layer = Dense(config.dim, config.q_levels, weight_norm=wn, init="glorot",
-                                  compute_dtype=compute_dtype, name="logits")
+                                  init_scale=LOGITS_INIT_SCALE, compute_dtype=compute_dtype, name="logits")
         self.built = True
 
     def table(self):
