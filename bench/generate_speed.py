@@ -49,7 +49,7 @@ class MatvecChain:
     """A [rows,1024]x[1024,3072] matmul chain in one tf.function (no Python per step): the
     matrix-vector (rows=1) or small-matrix rate this machine sustains from cache."""
 
-    def __init__(self, rows: int, steps: int = 200):
+    def __init__(self, rows: int, steps: int = 1500):  # ~1-2 s: as long as a timed generation
         self.rows, self.steps = rows, steps
         self.w = tf.Variable(tf.random.normal([1024, 3072], stddev=0.02))
         self.x = tf.random.normal([rows, 1024])
