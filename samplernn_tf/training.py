@@ -309,6 +309,15 @@ def run(config: Config, data_dir: str, logdir: str, *, time_limit_minutes: float
                                (stop.received or "signal to another worker") if signalled else
                                "time_limit")
                     break
+        except BaseException as e:
+            stopped = f"error: {type(e).__name__}"
+            if topo.num_workers > 1 and isinstance(e, (tf.errors.UnavailableError,
+                                                       tf.errors.CancelledError,
+                                                       tf.errors.AbortedError)):
+                logging.error("lost contact with another worker (%s). Restart every worker with "
+                              "the same command: training resumes from the chief's last "
+                              "checkpoint", str(e).splitlines()[0][:200])
+            raise
         finally:
             if int(trainer.step) > 0 and last_saved != int(trainer.step):
                 save(f"exit: {stopped}")
