@@ -154,14 +154,13 @@ class FrameTier(keras.layers.Layer):
 
 
 class SampleMLP(keras.layers.Layer):
-    """Sample-level predictor: embed the F previous codes, linear (no bias) + conditioning, ReLU,
-    2 x (dense + ReLU), dense -> Q logits.
+    """Sample-level predictor: embed the F previous codes, linear (no bias) + conditioning,
+    2 x (dense + ReLU), dense -> Q logits (the layer sequence of the paper's reference code).
 
     The embedding [Q, E] followed by the first linear [F*E, D] is computed as one lookup table
     [F, Q, D] (table[j] = Emb @ W_j, W_j the rows of position j): a gather-sum over F positions
     replaces the largest matmul, and the table is built from Emb and W inside the step so the
-    gradients are exact. The first ReLU follows the sum with the conditioning, as in the Theano
-    reference.
+    gradients are exact.
     """
 
     def __init__(self, config: ModelConfig, compute_dtype="float32", name=None):
@@ -227,7 +226,7 @@ class SampleMLP(keras.layers.Layer):
         # 2-D throughout, so that every Dense is a plain fused MatMul + BiasAdd (+ Relu).
         codes = tf.reshape(prev_codes, [-1, self.frame_size])
         h = self._first_layer(codes, params)
-        h = tf.cast(tf.nn.relu(h + tf.cast(tf.reshape(cond, [-1, self.dim]), h.dtype)), self.cdtype)
+        h = tf.cast(h + tf.cast(tf.reshape(cond, [-1, self.dim]), h.dtype), self.cdtype)
         for layer, p in zip(self.hidden, params["hidden"]):
             h = layer.call(h, relu=True, params=p)
         logits = tf.cast(self.output_layer.call(h, params=params["output"]), tf.float32)
