@@ -109,7 +109,7 @@ def main():
         config, model = build(frame_sizes, dim)
         flops = model_flops_per_sample(frame_sizes, dim, 256)
         gen = generation.Generator(model, config, jit=jit, frames_per_call=args.frames_per_call)
-        module = export.ServingModule(model, config, step=0, jit=gen.core.jit,
+        module = export.ServingModule(model, config, step=0, jit=jit,
                                       frames_per_call=args.frames_per_call)
         path = os.path.join(tempfile.mkdtemp(prefix="genbench_"), "1")
         export.save(module, path)

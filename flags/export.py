@@ -17,9 +17,9 @@ def define_flags() -> None:
                         "Version subdirectory: 'step' (the checkpoint's global step), 'next' "
                         "(next free integer) or a positive integer.")
     flags.DEFINE_enum("jit", "auto", JIT_CHOICES,
-                      "XLA-compile the generation loop body. 'auto' = on for dim <= 512 (faster "
-                      "there), off above. A server needs XLA:CPU enabled for 'on' (TF Serving: "
-                      "--xla_cpu_compilation_enabled=true).")
+                      "XLA-compile the generation loop body. 'auto' = on for dim <= 512, and above "
+                      "it for batches of <= 8 rows (faster there). A server needs XLA:CPU enabled "
+                      "unless 'off' (TF Serving: --xla_cpu_compilation_enabled=true).")
     flags.DEFINE_boolean("overwrite", False, "Replace an existing version directory.")
     flags.mark_flags_as_required(["logdir", "export_dir"])
 

@@ -24,7 +24,8 @@ def define_flags() -> None:
                        "Progress is reported after every chunk of this many seconds (the state "
                        "carries over; the audio is identical for any chunk size).")
     flags.DEFINE_enum("jit", "auto", export_flags.JIT_CHOICES,
-                      "XLA-compile the generation loop body: 'auto' = on for dim <= 512.")
+                      "XLA-compile the generation loop body: 'auto' = on for dim <= 512, and "
+                      "above it for <= 8 sequences.")
     flags.mark_flags_as_required(["logdir", "output_dir"])
 
 

@@ -56,15 +56,13 @@ class ServingModule(tf.Module):
       model: a SampleRNN with the trained weights (built with batch_size=None).
       config: the run's Config.
       step: the checkpoint's global step (reported by the `config` signature).
-      jit: XLA-compile the generation loop body; None = the Generator's default rule.
+      jit: XLA-compile the generation loop body; None = the Generator's rule (auto).
     """
 
     def __init__(self, model, config, step: int, jit: bool | None = None,
                  frames_per_call: int | None = None, checkpoint: str = ""):
         super().__init__(name="samplernn_serving")
         from samplernn_tf import generation
-        if jit is None:
-            jit = config.model.dim <= 512
         self._core = generation.GenerationCore(
             model, config, jit=jit,
             frames_per_call=frames_per_call or generation.DEFAULT_FRAMES_PER_CALL)
@@ -78,7 +76,7 @@ class ServingModule(tf.Module):
         self.config_asset = tf.saved_model.Asset(path)
         path = os.path.join(self._tmp, EXPORT_INFO)
         with open(path, "w") as f:
-            json.dump({"checkpoint": checkpoint, "step": int(step), "jit": bool(jit)}, f)
+            json.dump({"checkpoint": checkpoint, "step": int(step), "jit": jit}, f)
         self.export_info_asset = tf.saved_model.Asset(path)
         m, d = config.model, config.data
         self._info = {

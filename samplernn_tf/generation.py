@@ -43,6 +43,11 @@ from samplernn_tf.config import Config
 MAX_UNROLL = 512
 # Top frames per XLA launch (the XLA loop's buffers have this static size).
 DEFAULT_FRAMES_PER_CALL = 32
+# jit=None (auto): XLA at dim <= AUTO_JIT_MAX_DIM; above, XLA for batches of at most
+# AUTO_JIT_MAX_BATCH rows and the plain TF loop for larger ones (measured on 2 CPU cores:
+# bench/generate_speed.py).
+AUTO_JIT_MAX_DIM = 512
+AUTO_JIT_MAX_BATCH = 8
 
 
 # ------------------------------------------------------------------------------ noise --
@@ -111,10 +116,11 @@ class GenerationCore:
       model: a `samplernn_tf.model.SampleRNN` (any batch_size; its state variables are unused).
       config: the run's Config (quantization, normalization, seq_len).
       jit: XLA-compile the loop body: blocks of `frames_per_call` frames per XLA launch (a
-        launch costs ~10-20 us; 32 frames per launch is +20% at dim 256, batch 1).
+        launch costs ~10-20 us; 32 frames per launch is +20% at dim 256, batch 1). None = auto:
+        XLA at dim <= 512, and above it for batches of <= 8 rows (chosen in the graph).
     """
 
-    def __init__(self, model, config: Config, jit: bool = True,
+    def __init__(self, model, config: Config, jit: bool | None = None,
                  frames_per_call: int = DEFAULT_FRAMES_PER_CALL):
         self.model = model
         self.config = config
@@ -231,10 +237,45 @@ class GenerationCore:
         return self.frames_loop(p, states, last, pos, n, self.frames_per_call, key, temps, forced,
                                 force_mask, want_logits)
 
+    def _run_xla(self, p, states, last, pos, num_frames, temps, key, forced, force_mask,
+                 want_logits):
+        """A loop over XLA launches of K = `frames_per_call` frames (the last one shorter)."""
+        K = self.frames_per_call
+        b = tf.shape(last)[0]
+        blocks = (num_frames + K - 1) // K
+        ta = tf.TensorArray(tf.int32, size=blocks, element_shape=tf.TensorShape([K, None, self.B]))
+        lta = tf.TensorArray(tf.float32, size=blocks if want_logits else 0,
+                             element_shape=tf.TensorShape([K, None, self.B, self.Q]))
+        no_force = tf.zeros([self.B], tf.bool)
+
+        def body(j, states, last, mask, ta, lta):
+            n = tf.minimum(K, num_frames - j * K)
+            codes, states, last, logits = self._block_jit(
+                p, states, last, pos + tf.cast(j * K, tf.int64) * self.B, n, key, temps, forced,
+                mask, want_logits)
+            if want_logits:
+                lta = lta.write(j, logits)
+            return j + 1, states, last, no_force, ta.write(j, codes), lta
+
+        _, states, last, _, ta, lta = tf.while_loop(
+            lambda j, *_: j < blocks, body, (tf.constant(0), states, last, force_mask, ta, lta),
+            parallel_iterations=1)
+        out = (tf.reshape(ta.stack(), [blocks * K, b, self.B])[:num_frames], states, last)
+        if want_logits:
+            out += (tf.reshape(lta.stack(), [blocks * K, b, self.B, self.Q])[:num_frames],)
+        return out
+
+    def _run_graph(self, p, states, last, pos, num_frames, temps, key, forced, force_mask,
+                   want_logits):
+        """One plain tf.while_loop over all frames."""
+        frames, states, last, logits = self.frames_loop(
+            p, states, last, pos, num_frames, num_frames, key, temps, forced, force_mask,
+            want_logits)
+        return (frames, states, last) + ((logits,) if want_logits else ())
+
     def run_frames(self, p, states, last, pos, num_frames, temps, key, forced, force_mask,
                    want_logits=False):
-        """Generates `num_frames` top frames: one tf.while_loop, or with `jit` a loop over XLA
-        launches of `frames_per_call` frames each (the last one shorter).
+        """Generates `num_frames` top frames, with or without XLA (see `jit`).
 
         Args:
           as `frames_loop`.
@@ -243,37 +284,21 @@ class GenerationCore:
           (codes int32 [b, num_frames*B], new states, new last [b, B], logits [b, n*B, Q] or None).
         """
         b = tf.shape(last)[0]
-        if not self.jit:
-            frames, states, last, logits = self.frames_loop(
-                p, states, last, pos, num_frames, num_frames, key, temps, forced, force_mask,
-                want_logits)
+        args = (p, states, last, pos, num_frames, temps, key, forced, force_mask, want_logits)
+        if self.jit is None and self.D > AUTO_JIT_MAX_DIM:
+            # Large dims: XLA's matrix-vector products are faster for a few rows, the TF
+            # kernels for many. Both paths draw the same codes, so this is speed only.
+            out = tf.cond(b <= AUTO_JIT_MAX_BATCH, lambda: self._run_xla(*args),
+                          lambda: self._run_graph(*args))
+        elif self.jit is False:
+            out = self._run_graph(*args)
         else:
-            K = self.frames_per_call
-            blocks = (num_frames + K - 1) // K
-            ta = tf.TensorArray(tf.int32, size=blocks, element_shape=tf.TensorShape([K, None, self.B]))
-            lta = tf.TensorArray(tf.float32, size=blocks if want_logits else 0,
-                                 element_shape=tf.TensorShape([K, None, self.B, self.Q]))
-            no_force = tf.zeros([self.B], tf.bool)
-
-            def body(j, states, last, mask, ta, lta):
-                n = tf.minimum(K, num_frames - j * K)
-                codes, states, last, logits = self._block_jit(
-                    p, states, last, pos + tf.cast(j * K, tf.int64) * self.B, n, key, temps, forced,
-                    mask, want_logits)
-                if want_logits:
-                    lta = lta.write(j, logits)
-                return j + 1, states, last, no_force, ta.write(j, codes), lta
-
-            _, states, last, _, ta, lta = tf.while_loop(
-                lambda j, *_: j < blocks, body, (tf.constant(0), states, last, force_mask, ta, lta),
-                parallel_iterations=1)
-            frames = tf.reshape(ta.stack(), [blocks * K, b, self.B])[:num_frames]
-            logits = None
-            if want_logits:
-                logits = tf.reshape(lta.stack(), [blocks * K, b, self.B, self.Q])[:num_frames]
+            out = self._run_xla(*args)
+        frames, states, last = out[:3]
         codes = tf.reshape(tf.transpose(frames, [1, 0, 2]), [b, num_frames * self.B])
+        logits = None
         if want_logits:
-            logits = tf.reshape(tf.transpose(logits, [1, 0, 2, 3]), [b, -1, self.Q])
+            logits = tf.reshape(tf.transpose(out[3], [1, 0, 2, 3]), [b, -1, self.Q])
         return codes, states, last, logits
 
     # -- starting points ---------------------------------------------------------------------
@@ -457,15 +482,13 @@ class Generator:
     Args:
       model: a `SampleRNN` holding the trained weights (any batch_size).
       config: the run's Config.
-      jit: XLA-compile the loop body; None = on for dim <= 512 (where per-op overhead
-        dominates), off above (matrix-vector bound either way; see bench/generate_speed.py).
+      jit: XLA-compile the loop body (True / False); None = auto: XLA at dim <= 512, and above
+        it for batches of <= 8 rows, the plain TF loop for more (see bench/generate_speed.py).
       frames_per_call: top frames per XLA launch (with jit). The audio does not depend on it.
     """
 
     def __init__(self, model, config: Config, jit: bool | None = None,
                  frames_per_call: int = DEFAULT_FRAMES_PER_CALL):
-        if jit is None:
-            jit = config.model.dim <= 512
         self.config = config
         self.core = GenerationCore(model, config, jit=jit, frames_per_call=frames_per_call)
         if config.model.top_frame_size > MAX_UNROLL:

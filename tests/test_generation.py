@@ -1,5 +1,7 @@
 """Generation: equality with teacher-forced `model.forward`, priming, determinism, a tone."""
 
+from unittest import mock
+
 import numpy as np
 import keras
 import tensorflow as tf
@@ -129,6 +131,15 @@ class GeneratorTest(tf.test.TestCase, parameterized.TestCase):
             _, c_blocks = blocks3.generate(75, batch_size=2, temperature=1.0, seed=3, **kw)
             self.assertAllEqual(c_plain, c_xla)
             self.assertAllEqual(c_plain, c_blocks)
+
+    def test_auto_jit_picks_a_path_per_batch_size_with_the_same_codes(self):
+        plain = generation.Generator(self.model, self.config, jit=False)
+        with mock.patch.object(generation, "AUTO_JIT_MAX_DIM", 16):  # dim 32: choose by batch
+            auto = generation.Generator(self.model, self.config, jit=None, frames_per_call=2)
+            for rows in (1, generation.AUTO_JIT_MAX_BATCH + 1):
+                _, codes = auto.generate(40, batch_size=rows, temperature=1.0, seed=8)
+                self.assertAllEqual(codes, plain.generate(40, batch_size=rows, temperature=1.0,
+                                                          seed=8)[1])
 
     def test_per_row_temperature(self):
         _, codes, logits = self.gen.generate_with_logits(40, batch_size=2, temperature=[1e-4, 1.0],
