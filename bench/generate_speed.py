@@ -87,7 +87,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="shorter runs, 1 repeat")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--frames_per_call", type=int, default=1)
+    parser.add_argument("--frames_per_call", type=int, default=32, help="as Generator's default")
     parser.add_argument("--jit", choices=["auto", "on", "off"], default="auto")
     args = parser.parse_args()
     repeats = 1 if args.quick else args.repeats
