@@ -47,7 +47,8 @@ def demo_config(max_steps: int):
 def main(argv):
     del argv
     with errors.exit_on_user_error():
-        from samplernn_tf import evaluate, export, generate, training
+        from samplernn_tf import cli, evaluate, export, generate, training
+        cli.setup()
         logdir = FLAGS.logdir
         config = demo_config(FLAGS.max_steps)
         result = training.run(config, FLAGS.data_dir, logdir, time_limit_minutes=FLAGS.minutes)

@@ -47,6 +47,8 @@ def evaluate_split(logdir: str, data_dir: str, split: str, checkpoint: str = "be
 def main(argv):
     del argv
     with errors.exit_on_user_error():
+        from samplernn_tf import cli
+        cli.setup()
         result = evaluate_split(FLAGS.logdir, FLAGS.data_dir, FLAGS.split, FLAGS.checkpoint,
                                 FLAGS.batch_size)
         print(json.dumps(result))

@@ -25,9 +25,8 @@ def main(argv):
     del argv
     with errors.exit_on_user_error():
         config = train_flags.config_from_flags()
-        from samplernn_tf import distribute  # after flag parsing: keeps --help fast
-        from samplernn_tf import training
-        distribute.enable_gpu_memory_growth()  # before anything initializes the GPUs
+        from samplernn_tf import cli, training  # after flag parsing: keeps --help fast
+        cli.setup()  # before anything initializes the GPUs
         result = training.run(config, FLAGS.data_dir, FLAGS.logdir,
                               time_limit_minutes=FLAGS.time_limit_minutes,
                               valid_batch_size=FLAGS.valid_batch_size, overwrite=FLAGS.overwrite,
