@@ -225,6 +225,8 @@ def main(argv):
     del argv
     from flags import export as export_flags
     with errors.exit_on_user_error():
+        from samplernn_tf import cli
+        cli.setup()
         result = export_run(FLAGS.logdir, FLAGS.export_dir, FLAGS.checkpoint, FLAGS.version,
                             export_flags.jit_from_flag(FLAGS.jit), FLAGS.overwrite)
         print(json.dumps(result))

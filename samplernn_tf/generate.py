@@ -156,6 +156,8 @@ def main(argv):
     del argv
     from flags import generate as generate_flags
     with errors.exit_on_user_error():
+        from samplernn_tf import cli
+        cli.setup()
         result = run_generation(
             FLAGS.logdir, FLAGS.output_dir, num_seqs=FLAGS.num_seqs,
             num_samples=FLAGS.num_samples if FLAGS.num_samples > 0 else None,
