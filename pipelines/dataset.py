@@ -155,6 +155,21 @@ def pcm16_round_trip(x):
     return tf.round(tf.clip_by_value(x, -1.0, 1.0) * 32767.0) / 32767.0
 
 
+def quantize_audio(x, config: Config):
+    """The codes the corpus stores for normalized audio: the one definition that training,
+    evaluation, priming and the exported `score` share.
+
+    Rounds through 16-bit PCM first: prepared TFRecord shards store int16, and every path must
+    give identical codes.
+
+    Args:
+      x: float32 [..., T], already normalized (pipelines.audio.normalize).
+    Returns:
+      int32 codes, same shape.
+    """
+    return quantization.encode(pcm16_round_trip(x), config.data.q_type, config.model.q_levels)
+
+
 def load_corpus(files: Sequence[str], config: Config, prepared_dir: str | None = None) -> Corpus:
     """Decodes, resamples, normalizes and quantizes `files` once, then cuts chunks.
 
@@ -166,9 +181,7 @@ def load_corpus(files: Sequence[str], config: Config, prepared_dir: str | None =
     dtype = tf.int16 if code_dtype(q_levels) == np.int16 else tf.int32
 
     def quantize(x):
-        # Round through 16-bit PCM first: prepared TFRecord shards store int16, and both paths
-        # must give identical codes.
-        return tf.cast(quantization.encode(pcm16_round_trip(x), data.q_type, q_levels), dtype)
+        return tf.cast(quantize_audio(x, config), dtype)
 
     if prepared_dir:
         decoded = records.decode_prepared(
