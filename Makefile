@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[$(TF_EXTRA),test]"
+	# gRPC types for the serving test; --no-deps: it would pull a second TensorFlow.
+	$(BIN)/python -m pip install --quiet --no-deps tensorflow-serving-api==2.16.1
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -27,6 +29,9 @@ test: venv
 
 bench: venv
 	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/generate_speed.py
+	$(BIN)/python bench/scaling.py
 
 clean:
 	rm -rf $(VENV) runs

@@ -57,16 +57,29 @@ class Writers:
             w.flush()
 
 
-def write_generated_audio(writers: Writers, model, config: Config, step: int,
-                          num_seqs: int = 2, temperature: float = 1.0) -> None:
-    """Generates `config.train.audio_seconds` of audio and writes it under `samples/`."""
-    from samplernn_tf import generation  # the generator builds its own graph: import on use
+class AudioSampler:
+    """Writes generated audio to TensorBoard from the current weights.
 
-    start = time.time()
-    gen = generation.Generator(model, config)
-    num_samples = int(config.train.audio_seconds * config.data.sample_rate)
-    audio, _ = gen.generate(num_samples=num_samples, batch_size=num_seqs,
-                            temperature=temperature, seed=step)
-    writers.audio("samples", "generated", audio, config.data.sample_rate, step)
-    logging.info("step %d: wrote %d x %.1f s of generated audio to TensorBoard in %.1fs",
-                 step, num_seqs, config.train.audio_seconds, time.time() - start)
+    Keeps one Generator for the whole run, so its compiled sampling graph is traced once, not
+    at every summary; it reads the live weights each time.
+    """
+
+    def __init__(self, model, config: Config, num_seqs: int = 2, temperature: float = 1.0):
+        self.model, self.config = model, config
+        self.num_seqs, self.temperature = num_seqs, temperature
+        self._generator = None
+
+    def write(self, writers: Writers, step: int) -> None:
+        """Generates `config.train.audio_seconds` of audio and writes it under `samples/`."""
+        from samplernn_tf import generation  # the generator builds its own graph: import on use
+
+        start = time.time()
+        if self._generator is None:
+            self._generator = generation.Generator(self.model, self.config)
+        c = self.config
+        audio, _ = self._generator.generate(
+            num_samples=int(c.train.audio_seconds * c.data.sample_rate), batch_size=self.num_seqs,
+            temperature=self.temperature, seed=step)
+        writers.audio("samples", "generated", audio, c.data.sample_rate, step)
+        logging.info("step %d: wrote %d x %.1f s of generated audio to TensorBoard in %.1fs",
+                     step, self.num_seqs, c.train.audio_seconds, time.time() - start)

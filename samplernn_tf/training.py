@@ -214,6 +214,7 @@ def run(config: Config, data_dir: str, logdir: str, *, time_limit_minutes: float
             rundir.remove_dir(tmp)
 
         writers = summaries.Writers(logdir) if chief else rundir.NullWriters()
+        sampler = summaries.AudioSampler(trainer.model, config)
         writers.hparams(config)
         evaluator = evaluation.Evaluator(trainer.model)
         best = checkpoints.read_best(logdir)
@@ -297,7 +298,7 @@ def run(config: Config, data_dir: str, logdir: str, *, time_limit_minutes: float
                 if tc.valid_every and step % tc.valid_every == 0 and len(corpora["valid"]):
                     validate(step)
                 if chief and tc.audio_every and step % tc.audio_every == 0:
-                    summaries.write_generated_audio(writers, trainer.model, config, step)
+                    sampler.write(writers, step)
                 if tc.checkpoint_every and step % tc.checkpoint_every == 0:
                     save("periodic")
                 # Local reasons to stop, agreed by all workers (one would hang alone otherwise).

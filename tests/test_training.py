@@ -107,6 +107,29 @@ class TrainingTest(tf.test.TestCase):
         self.assertIn(f"resumed from {os.path.join(logdir, 'checkpoints', 'ckpt-5')} at step 5", text)
         self.assertEqual(result.step, 12)
 
+    def test_generated_audio_and_hparams_reach_tensorboard(self):
+        logdir = tempfile.mkdtemp(dir=self.get_temp_dir())
+        cfg = tiny_config(max_steps=4, valid_every=0, audio_every=2, audio_seconds=0.05)
+        training.run(cfg, self.data, logdir)
+        audio_steps = []
+        for path in glob.glob(os.path.join(logdir, "samples", "events.*")):
+            for event in tf.compat.v1.train.summary_iterator(path):
+                for v in event.summary.value:
+                    if v.tag == "generated":
+                        clips = tf.make_ndarray(v.tensor)  # [k, 2]: encoded WAV, label
+                        self.assertEqual(clips.shape[0], 2)
+                        wav = tf.audio.decode_wav(clips[0, 0])
+                        self.assertEqual(int(wav.sample_rate), 8000)
+                        self.assertEqual(wav.audio.shape[0], 400)
+                        audio_steps.append(event.step)
+        self.assertEqual(sorted(audio_steps), [2, 4])
+        tags = set()
+        for path in glob.glob(os.path.join(logdir, "train", "events.*")):
+            for event in tf.compat.v1.train.summary_iterator(path):
+                tags.update(v.tag for v in event.summary.value)
+        self.assertIn("_hparams_/session_start_info", tags)
+        self.assertTrue({"bits_per_sample", "grad_norm", "learning_rate", "samples_per_second"} <= tags)
+
     def test_no_usable_audio_fails_before_training(self):
         root = tempfile.mkdtemp(dir=self.get_temp_dir())
         audio_fixtures.write_bytes(os.path.join(root, "train", "broken.wav"), b"not audio at all")
