@@ -62,10 +62,10 @@ class ServingModule(tf.Module):
     def __init__(self, model, config, step: int, jit: bool | None = None,
                  frames_per_call: int | None = None, checkpoint: str = ""):
         super().__init__(name="samplernn_serving")
-        from samplernn_tf import generation
-        self._core = generation.GenerationCore(
+        from samplernn_tf import generation_core
+        self._core = generation_core.GenerationCore(
             model, config, jit=jit,
-            frames_per_call=frames_per_call or generation.DEFAULT_FRAMES_PER_CALL)
+            frames_per_call=frames_per_call or generation_core.DEFAULT_FRAMES_PER_CALL)
         # The underlying tf.Variables: the functions capture these, so they must be tracked here.
         self.weights = [v.value for v in model.weights]
         self._config_json = config.to_json()

@@ -9,7 +9,7 @@ from absl.testing import parameterized
 
 from pipelines import dataset
 from pipelines.windows import pad_for_windows, tbptt_windows
-from samplernn_tf import generation, quantization
+from samplernn_tf import generation, generation_core, quantization
 from samplernn_tf.config import Config, DataConfig, ModelConfig, TrainConfig
 from samplernn_tf.model import SampleRNN
 
@@ -134,7 +134,7 @@ class GeneratorTest(tf.test.TestCase, parameterized.TestCase):
 
     def test_auto_jit_picks_a_path_per_batch_size_with_the_same_codes(self):
         plain = generation.Generator(self.model, self.config, jit=False)
-        with mock.patch.object(generation, "AUTO_JIT_MAX_DIM", 16):  # dim 32: choose by batch
+        with mock.patch.object(generation_core, "AUTO_JIT_MAX_DIM", 16):  # dim 32: choose by batch
             auto = generation.Generator(self.model, self.config, jit=None, frames_per_call=2)
             for rows in (1, generation.AUTO_JIT_MAX_BATCH + 1):
                 _, codes = auto.generate(40, batch_size=rows, temperature=1.0, seed=8)
