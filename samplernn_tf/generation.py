@@ -16,8 +16,8 @@ import tensorflow as tf
 from samplernn_tf import quantization
 from samplernn_tf.config import Config
 from samplernn_tf.generation_core import (  # re-exported: the public names of this module before the split
-    AUTO_JIT_MAX_BATCH, AUTO_JIT_MAX_DIM, DEFAULT_FRAMES_PER_CALL, GenerationCore, gumbel_noise,
-    seed_key)
+    AUTO_JIT_MAX_BATCH, AUTO_JIT_MAX_DIM, DEFAULT_FRAMES_PER_CALL, GenerationCore)
+from samplernn_tf.sampling import gumbel_noise, seed_key  # noqa: F401 (re-exported)
 
 # Beyond this many samples per top frame the unrolled body gets large (graph size and XLA
 # compile time grow linearly); still correct, only slower to build.

@@ -1,7 +1,7 @@
 """Generation's graph machinery, shared by `samplernn_tf.generation.Generator` (the user-facing
-API and its argument checks) and the SavedModel (`samplernn_tf.export`): the counter-based
-Gumbel noise (`seed_key`, `gumbel_noise`), the XLA constants, and `GenerationCore`, which builds
-the graphs for priming, the frame loop, generation and scoring (one graph per call).
+API and its argument checks) and the SavedModel (`samplernn_tf.export`): the XLA constants and
+`GenerationCore`, which builds the graphs for priming, the frame loop, generation and scoring
+(one graph per call). The sampling noise is in `samplernn_tf.sampling`.
 
 Design (see also docs/serving.md):
   * One `tf.while_loop` over top-tier frames inside one `tf.function`; no Python per sample or
@@ -34,11 +34,11 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import tensorflow as tf
 
 from samplernn_tf import quantization
 from samplernn_tf.config import Config
+from samplernn_tf.sampling import gumbel_noise, seed_key
 
 # Top frames per XLA launch (the XLA loop's buffers have this static size).
 DEFAULT_FRAMES_PER_CALL = 32
@@ -47,59 +47,6 @@ DEFAULT_FRAMES_PER_CALL = 32
 # bench/generate_speed.py).
 AUTO_JIT_MAX_DIM = 512
 AUTO_JIT_MAX_BATCH = 8
-
-
-# ------------------------------------------------------------------------------ noise --
-
-def _fmix32(h):
-    """MurmurHash3's 32-bit finalizer: a bijective avalanche mix of uint32 tensors."""
-    h = tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, 16))
-    h = h * tf.constant(0x85EBCA6B, tf.uint32)
-    h = tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, 13))
-    h = h * tf.constant(0xC2B2AE35, tf.uint32)
-    return tf.bitwise.bitwise_xor(h, tf.bitwise.right_shift(h, 16))
-
-
-def _class_keys(q_levels: int) -> np.ndarray:
-    """uint32 [Q]: a hashed key per class (NumPy, the same mix as `_fmix32`)."""
-    with np.errstate(over="ignore"):
-        h = np.arange(q_levels, dtype=np.uint32) * np.uint32(0x85EBCA77) + np.uint32(0x165667B1)
-        h ^= h >> np.uint32(16)
-        h *= np.uint32(0x85EBCA6B)
-        h ^= h >> np.uint32(13)
-        h *= np.uint32(0xC2B2AE35)
-        h ^= h >> np.uint32(16)
-    return h
-
-
-def seed_key(seed):
-    """int64 scalar seed -> uint32 [2] key."""
-    words = tf.bitcast(tf.cast(seed, tf.int64), tf.uint32)  # [lo, hi]
-    k0 = _fmix32(words[0] ^ tf.constant(0x3C6EF372, tf.uint32))
-    k1 = _fmix32(words[1] ^ k0 ^ tf.constant(0xA54FF53A, tf.uint32))
-    return tf.stack([k0, k1])
-
-
-def gumbel_noise(key, positions, batch_size, q_levels: int):
-    """Standard Gumbel noise, a pure function of (key, position, row, class).
-
-    Args:
-      key: uint32 [2], from `seed_key`.
-      positions: int64 [P], absolute stream positions.
-      batch_size: int32 scalar, rows.
-      q_levels: Q.
-
-    Returns:
-      float32 [batch_size, P, Q].
-    """
-    pw = tf.bitcast(tf.cast(positions, tf.int64), tf.uint32)               # [P, 2]
-    hp = _fmix32(_fmix32(pw[:, 0] + key[0]) ^ (pw[:, 1] + key[1]))         # [P]
-    rows = tf.cast(tf.range(batch_size, dtype=tf.int32), tf.uint32) * tf.constant(0x9E3779B9, tf.uint32)
-    hr = _fmix32(hp[None, :] ^ (rows[:, None] + tf.constant(0x7F4A7C15, tf.uint32)))  # [b, P]
-    classes = tf.constant(_class_keys(q_levels))                            # [Q]
-    h = _fmix32(hr[:, :, None] ^ classes[None, None, :])                    # [b, P, Q]
-    u = (tf.cast(tf.bitwise.right_shift(h, 8), tf.float32) + 0.5) * (1.0 / (1 << 24))  # (0, 1)
-    return -tf.math.log(-tf.math.log(u))
 
 
 # ----------------------------------------------------------------------------- the core --
