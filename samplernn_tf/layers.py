@@ -15,8 +15,14 @@ input autocasting (to the float32 variable policy) never undoes the compute dtyp
 
 from __future__ import annotations
 
+import importlib
+
 import keras
 import tensorflow as tf
+
+# Keras's TF-backend RNN module (its package re-exports a function of the same name): the
+# cuDNN GRU used on GPUs.
+keras_tf_rnn = importlib.import_module("keras.src.backend.tensorflow.rnn")
 
 _DTYPES = {"float32": tf.float32, "bf16": tf.bfloat16, "bfloat16": tf.bfloat16,
            "fp16": tf.float16, "float16": tf.float16}
@@ -390,12 +396,37 @@ class RNN(keras.layers.Layer):
         """Input projection: x [..., in_dim] -> float32 [..., G*D]."""
         return tf.cast(self.input_proj.call(x, params=params), tf.float32)
 
+    def keras_gru_weights(self):
+        """This GRU's effective weights in Keras's canonical GRU layout (gates [z, r, n],
+        reset_after=True): (kernel [in, 3D], recurrent_kernel [D, 3D], bias [2, 3D]), float32.
+        Ours are stored [r, z, n]; the cuDNN kernel reads the Keras layout."""
+        def zrn(w):
+            r, z, n = tf.split(tf.cast(w, tf.float32), 3, axis=-1)
+            return tf.concat([z, r, n], axis=-1)
+        kernel, in_bias = self.input_proj.params()
+        in_bias = tf.zeros([3 * self.dim]) if in_bias is None else in_bias
+        bias = tf.stack([zrn(in_bias), zrn(self.recurrent_bias)])
+        return zrn(kernel), zrn(self.recurrent.value()), bias
+
     def call(self, x, state):
         """Runs a window. x: time-major [T, B, in_dim]; state: tuple of [B, D].
+
+        On a GPU the GRU runs on cuDNN (same weights, float32; Keras's cuDNN GRU), elsewhere on
+        the hand-written recurrence below.
 
         Returns:
           (outputs float32 [T, B, D], new state).
         """
+        if self.rnn_type == "gru" and keras_tf_rnn.cudnn_ok(
+                tf.tanh, tf.sigmoid, False, True, reset_after=True):
+            kernel, recurrent_kernel, bias = self.keras_gru_weights()
+            try:
+                _, hs, (h,) = keras_tf_rnn.gru(
+                    tf.cast(x, tf.float32), state[0], None, kernel, recurrent_kernel, bias,
+                    tf.tanh, tf.sigmoid, return_sequences=True, time_major=True, reset_after=True)
+                return hs, (h,)
+            except NotImplementedError:  # no cuDNN kernel after all: use ours
+                pass
         xp = self.project(x)
         u = self.recurrent_kernel()
         if self.rnn_type == "gru":

@@ -1,5 +1,6 @@
 """SampleRNN model: causality, lookup table, hand-written RNN gradients, state handling."""
 
+import keras
 import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
@@ -87,6 +88,26 @@ class RecurrenceGradientTest(tf.test.TestCase, parameterized.TestCase):
                 self.assertIsNone(got)
             else:
                 self.assertAllClose(got, want, atol=1e-4, rtol=1e-4)
+
+
+class CudnnLayoutTest(tf.test.TestCase):
+    """The GPU path feeds our GRU's weights to Keras's cuDNN GRU in Keras's layout. Keras's
+    generic GRU reads the same layout, so matching it on CPU proves the conversion."""
+
+    def test_keras_gru_with_converted_weights_matches_ours(self):
+        rnn = layers.RNN(5, 8, rnn_type="gru", weight_norm=True, learn_h0=False, name="g")
+        # Non-trivial biases, so that a wrong gate order or bias row cannot pass.
+        rnn.recurrent_bias.assign(tf.random.normal([24], seed=1))
+        rnn.input_proj.bias.assign(tf.random.normal([24], seed=2))
+        x = tf.random.normal([7, 3, 5], seed=3)      # time-major [T, B, in]
+        h0 = tf.random.normal([3, 8], seed=4)
+        ours, (h_ours,) = rnn.call(x, (h0,))
+        keras_gru = keras.layers.GRU(8, reset_after=True, return_sequences=True, return_state=True)
+        keras_gru.build((3, 7, 5))
+        keras_gru.set_weights([w.numpy() for w in rnn.keras_gru_weights()])
+        theirs, h_theirs = keras_gru(tf.transpose(x, [1, 0, 2]), initial_state=h0)
+        self.assertAllClose(tf.transpose(theirs, [1, 0, 2]), ours, atol=1e-5)
+        self.assertAllClose(h_theirs, h_ours, atol=1e-5)
 
 
 class SampleRNNTest(tf.test.TestCase, parameterized.TestCase):
