@@ -1,5 +1,7 @@
 """Streams, resets, padding and splits of the tf.data pipeline, on synthetic code arrays."""
 
+import os
+
 import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
@@ -121,6 +123,28 @@ class StreamTest(tf.test.TestCase, parameterized.TestCase):
         rows = dataset.eval_rows([100, 10, 10, 10, 10, 60], seq_len=10, rows=2)
         self.assertEqual(sorted(i for r in rows for i in r), list(range(6)))
         self.assertEqual(rows, [[0], [5, 1, 2, 3, 4]])
+
+
+class ChunkTest(tf.test.TestCase):
+
+    def test_chunk_seconds_cuts_files_into_items(self):
+        from tests import audio_fixtures
+        path = audio_fixtures.write_wav(os.path.join(self.get_temp_dir(), "long.wav"),
+                                        audio_fixtures.sine(220.0, 2.5, 8000), 8000)
+        short = audio_fixtures.write_wav(os.path.join(self.get_temp_dir(), "short.wav"),
+                                         audio_fixtures.sine(330.0, 0.5, 8000), 8000)
+        whole_cfg = Config(model=ModelConfig(frame_sizes=(8, 2), dim=8, q_levels=256),
+                           data=DataConfig(sample_rate=8000, seq_len=16))
+        chunk_cfg = whole_cfg.replace(data=DataConfig(sample_rate=8000, seq_len=16, chunk_seconds=1.0))
+        whole = dataset.load_corpus([path, short], whole_cfg)
+        chunks = dataset.load_corpus([path, short], chunk_cfg)
+        self.assertEqual(chunks.names, [f"{path}@0s", f"{path}@1s", f"{path}@2s", short])
+        self.assertAllEqual(chunks.lengths, [8000, 8000, 4000, 4000])
+        self.assertAllEqual(np.concatenate(chunks.codes[:3]), whole.codes[0])
+        # Each chunk is a file of its own: its first window resets the row.
+        ds, steps = dataset.eval_dataset(chunks, chunk_cfg, batch_size=4)
+        starts = sum(int(np.sum(b["reset"].numpy() & (b["weights"].numpy().sum(1) > 0))) for b in ds)
+        self.assertEqual(starts, 4)
 
 
 class SplitTest(tf.test.TestCase):
