@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import soundfile  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from pipelines import audio, dataset  # noqa: E402
+from pipelines import dataset  # noqa: E402
 from samplernn_tf.config import Config, DataConfig, ModelConfig, TrainConfig  # noqa: E402
 
 

@@ -31,7 +31,7 @@ def define_flags() -> None:
 
 
 def prepare_kwargs_from_flags() -> dict:
-    """Keyword arguments of `pipelines.records.prepare` from the parsed flags."""
+    """Keyword arguments of `pipelines.shard_writer.prepare` from the parsed flags."""
     return dict(input_path=FLAGS.input, output_dir=FLAGS.output, sample_rate=FLAGS.sample_rate,
                 normalize=FLAGS.normalize, remove_dc=FLAGS.remove_dc,
                 shard_seconds=FLAGS.shard_seconds, strict=FLAGS.strict)

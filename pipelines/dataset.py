@@ -21,7 +21,6 @@ from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
-from absl import logging
 
 from pipelines import audio
 from pipelines import records

@@ -25,9 +25,9 @@ FLAGS = flags.FLAGS
 def main(argv):
     del argv
     with errors.exit_on_user_error():
-        from pipelines import records  # after flag parsing: keeps --help fast
+        from pipelines import shard_writer  # after flag parsing: keeps --help fast
         start = time.time()
-        manifest = records.prepare(**prepare_flags.prepare_kwargs_from_flags())
+        manifest = shard_writer.prepare(**prepare_flags.prepare_kwargs_from_flags())
         elapsed = time.time() - start
         print(json.dumps({
             "output": FLAGS.output, "num_files": manifest["num_files"],

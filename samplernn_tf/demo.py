@@ -16,21 +16,10 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from flags import demo as demo_flags
 from samplernn_tf import errors
 
 FLAGS = flags.FLAGS
-
-
-def define_flags() -> None:
-    flags.DEFINE_string("data_dir", "data/demo", "Bundled demo corpus (train/ valid/ test/).")
-    flags.DEFINE_string("logdir", "runs/demo", "Run directory.")
-    flags.DEFINE_string("output_dir", None, "Where generated WAVs go (default <logdir>/samples).")
-    flags.DEFINE_string("export_dir", None, "Where the SavedModel goes (default <logdir>/export).")
-    flags.DEFINE_integer("max_steps", 800,
-                         "Training steps (~4 minutes on 2 CPU cores); the learning rate decays to 0 "
-                         "at the last step.")
-    flags.DEFINE_float("minutes", 8.0, "Safety cap on training time in minutes (on a slow machine "
-                       "training stops here, with a checkpoint, before --max_steps).")
 
 
 def demo_config(max_steps: int):
@@ -75,5 +64,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    define_flags()
+    demo_flags.define_flags()
     app.run(main)

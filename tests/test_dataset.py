@@ -44,7 +44,7 @@ class StreamTest(tf.test.TestCase, parameterized.TestCase):
         ds = dataset.train_dataset(corpus, cfg, batch_size=rows, seed=7)
         batches = [tf.nest.map_structure(lambda t: t.numpy(), b) for b in ds.take(60)]
         b0 = batches[0]
-        B, F = frame_sizes[0], frame_sizes[-1]
+        F = frame_sizes[-1]
         self.assertEqual(b0["targets"].shape, (rows, seq_len))
         self.assertEqual(b0["sample_inputs"].shape, (rows, seq_len, F))
         for f, t in zip(frame_sizes, b0["tier_inputs"]):

@@ -15,6 +15,7 @@ from absl.testing import parameterized
 from pipelines import audio
 from pipelines import dataset
 from pipelines import records
+from pipelines import shard_writer
 from samplernn_tf import training
 from samplernn_tf.config import Config, ConfigError, DataConfig, ModelConfig
 from tests import audio_fixtures as fx
@@ -55,7 +56,7 @@ class RecordsTest(tf.test.TestCase, parameterized.TestCase):
         cls.raw = os.path.join(cls.tmp, "raw")
         write_corpus(cls.raw)
         cls.prepared = os.path.join(cls.tmp, "prepared")
-        cls.manifest = records.prepare(cls.raw, cls.prepared, 16000, shard_seconds=0.5)
+        cls.manifest = shard_writer.prepare(cls.raw, cls.prepared, 16000, shard_seconds=0.5)
 
     @classmethod
     def tearDownClass(cls):
@@ -111,7 +112,7 @@ class RecordsTest(tf.test.TestCase, parameterized.TestCase):
         fx.write_bytes(os.path.join(root, "manifest.json"), b'{"some": "other manifest"}')
         self.assertFalse(records.is_prepared(root))
         out = os.path.join(self.get_temp_dir(), "folders_prepared")
-        m = records.prepare(root, out, 16000, shard_seconds=100)
+        m = shard_writer.prepare(root, out, 16000, shard_seconds=100)
         self.assertTrue(m["split_folders"])
         self.assertEqual({i: f["split"] for i, f in m["files"].items()},
                          {"train/a/one.wav": "train", "train/two.flac": "train", "valid/four.flac": "valid"})
@@ -122,7 +123,7 @@ class RecordsTest(tf.test.TestCase, parameterized.TestCase):
 
         pattern = os.path.join(self.raw, "*.wav")  # a glob: find_splits keys on the full paths
         out = os.path.join(self.get_temp_dir(), "glob_prepared")
-        m = records.prepare(pattern, out, 16000)
+        m = shard_writer.prepare(pattern, out, 16000)
         self.assertEqual(m["input_type"], "glob")
         self.assertEqual(sorted(m["files"]), ["five.wav", "six.wav"])
         for seed in range(4):
@@ -135,7 +136,7 @@ class RecordsTest(tf.test.TestCase, parameterized.TestCase):
         for name in names:
             tf.io.gfile.makedirs(os.path.dirname(f"ram://records_raw/{name}"))
             tf.io.gfile.copy(os.path.join(self.raw, name), f"ram://records_raw/{name}", overwrite=True)
-        m = records.prepare("ram://records_raw", "ram://records_prepared", 16000, shard_seconds=0.5)
+        m = shard_writer.prepare("ram://records_raw", "ram://records_prepared", 16000, shard_seconds=0.5)
         self.assertCountEqual(m["files"], names)
         self.assertTrue(records.is_prepared("ram://records_prepared"))
         for seed in range(3):
@@ -182,7 +183,7 @@ class RecordsTest(tf.test.TestCase, parameterized.TestCase):
         with self.assertRaisesRegex(audio.AudioDecodeError, "bad.wav"):
             records.decode_prepared(self.prepared, ["four.flac", "bad.wav"], strict=True)
         with self.assertRaisesRegex(audio.AudioDecodeError, "bad.wav"):
-            records.prepare(self.raw, os.path.join(self.get_temp_dir(), "strict"), 16000, strict=True)
+            shard_writer.prepare(self.raw, os.path.join(self.get_temp_dir(), "strict"), 16000, strict=True)
         with self.assertRaisesRegex(FileNotFoundError, "nope.wav"):
             records.decode_prepared(self.prepared, ["nope.wav"])
 
@@ -195,11 +196,11 @@ class RecordsTest(tf.test.TestCase, parameterized.TestCase):
 
     def test_resume_keeps_complete_shards_and_redoes_missing_ones(self):
         out = os.path.join(self.get_temp_dir(), "resume")
-        first = records.prepare(self.raw, out, 16000, shard_seconds=0.5)
+        first = shard_writer.prepare(self.raw, out, 16000, shard_seconds=0.5)
         names = [s["name"] for s in first["shards"]]
         mtimes = {n: os.stat(os.path.join(out, n)).st_mtime_ns for n in names}
         with self.assertLogs("absl", "INFO") as logs:
-            again = records.prepare(self.raw, out, 16000, shard_seconds=0.5)
+            again = shard_writer.prepare(self.raw, out, 16000, shard_seconds=0.5)
         self.assertEqual(again, first)
         self.assertEqual(sum("keeping complete shard" in line for line in logs.output), len(names))
         self.assertFalse(any("wrote shard" in line for line in logs.output))
@@ -211,7 +212,7 @@ class RecordsTest(tf.test.TestCase, parameterized.TestCase):
         fx.write_bytes(os.path.join(out, names[2] + ".tmp-123"), b"partial")
         self.assertFalse(records.is_prepared(out))
         with self.assertLogs("absl", "INFO") as logs:
-            again = records.prepare(self.raw, out, 16000, shard_seconds=0.5)
+            again = shard_writer.prepare(self.raw, out, 16000, shard_seconds=0.5)
         self.assertEqual(again, first)
         written = [line for line in logs.output if "wrote shard" in line]
         self.assertLen(written, 1)
@@ -221,7 +222,7 @@ class RecordsTest(tf.test.TestCase, parameterized.TestCase):
         self.assertCountEqual([n for n in os.listdir(out) if n.startswith("shard-")], names)
 
         # Other settings: every shard is written again.
-        other = records.prepare(self.raw, out, 8000, shard_seconds=0.5)
+        other = shard_writer.prepare(self.raw, out, 8000, shard_seconds=0.5)
         self.assertEqual(other["settings"]["sample_rate"], 8000)
         self.assertTrue(all(os.stat(os.path.join(out, s["name"])).st_mtime_ns != mtimes.get(s["name"])
                             for s in other["shards"]))
