@@ -10,6 +10,7 @@ training has reached its last step, only evaluates, generates and exports again)
 from __future__ import annotations
 
 import json
+import math
 import os
 
 from absl import app
@@ -50,7 +51,8 @@ def main(argv):
         print("=" * 72)
         print(f"Demo run: {logdir} (stopped: {result.stopped_because} at step {result.step})")
         if result.valid_history:
-            print("valid bits per sample by step (uniform guess = 8.00):")
+            print(f"valid bits per sample by step (uniform guess = "
+                  f"{math.log2(config.model.q_levels):.2f}):")
             for step, bits in result.valid_history:
                 print(f"  step {step:6d}  {bits:.4f}")
         print(f"test: {test['nll_bits_per_sample']:.4f} bits/sample over {test['num_samples']} samples")
