@@ -108,8 +108,12 @@ def load_splits(data_dir: str, config: Config) -> dict[str, dataset_lib.Corpus]:
         raise dataset_lib.NoAudioError(
             f"--data_dir={data_dir}: no usable training audio ({len(files['train'])} train files "
             f"found, none could be decoded; see the warnings above)")
+    if len(corpora["valid"]) == 0 and config.train.valid_every:
+        logging.warning("no usable validation audio (%d valid files): validation and the best "
+                        "checkpoint are off. Add a valid/ folder, or more files for the split by "
+                        "file (--valid_fraction); --chunk_seconds cuts files after the split",
+                        len(files["valid"]))
     return corpora
-
 
 
 def _has_rows(path: str) -> bool:
