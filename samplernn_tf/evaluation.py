@@ -13,6 +13,7 @@ import tensorflow as tf
 from absl import logging
 
 from pipelines import dataset as dataset_lib
+from samplernn_tf import losses
 
 
 class Evaluator:
@@ -20,7 +21,8 @@ class Evaluator:
 
     def __init__(self, model):
         self.model = model
-        self._step = tf.function(self._eval_step, reduce_retracing=True)
+        # reduce_retracing: one trace serves every row count (eval batches vary by split size).
+        self.step = tf.function(self._eval_step, reduce_retracing=True)
 
     def _eval_step(self, batch, states):
         """One window of every row.
@@ -34,10 +36,8 @@ class Evaluator:
         """
         states = self.model.apply_reset(states, batch["reset"])
         logits, states = self.model.forward(batch, states, training=False)
-        nll = tf.nn.sparse_softmax_cross_entropy_with_logits(
-            labels=batch["targets"], logits=tf.cast(logits, tf.float32))
-        w = batch["weights"]
-        return tf.reduce_sum(nll * w, axis=1), tf.reduce_sum(w, axis=1), states
+        nll, count = losses.nll_nats(logits, batch["targets"], batch["weights"])
+        return nll, count, states
 
     def evaluate(self, corpus: dataset_lib.Corpus, config, batch_size: int = 32) -> dict:
         """Evaluates every sample of every item of `corpus` exactly once.
@@ -52,7 +52,7 @@ class Evaluator:
         total_w = tf.zeros([rows])
         start = time.time()
         for batch in ds:
-            nll, w, states = self._step(batch, states)
+            nll, w, states = self.step(batch, states)
             total_nll += nll
             total_w += w
         n = float(tf.reduce_sum(total_w))

@@ -1,5 +1,5 @@
-"""Trainer core: model + optimizer + step counter, one compiled `train_step`, a stateless
-`eval_step`.
+"""Trainer core: model + optimizer + step counter, one compiled `train_step`. (Evaluation,
+stateless and for any batch size, is `samplernn_tf.evaluation.Evaluator`.)
 
 The loop around it (data, checkpoint manager, summaries, validation) lives in `training.py`.
 """
@@ -88,7 +88,6 @@ class Trainer:
       train_step: tf.function(batch) -> {'bits_per_sample', 'grad_norm', 'learning_rate',
         'finite'}. A step whose loss or gradients are not finite changes no variable (weights,
         optimizer slots and iterations, RNN state) except `step`, and returns finite=False.
-      eval_step: tf.function(batch, states) -> (sum_nll_nats, num_targets, new_states).
 
     Raises:
       ConfigError: batch_size is not divisible by the number of replicas.
@@ -123,10 +122,6 @@ class Trainer:
                                               step=self.step)
         self._jit_compile = jit_compile
         self.use_input_spec(batch_spec(config, tc.batch_size if replicas == 1 else None))
-        states_spec = tf.nest.map_structure(lambda t: tf.TensorSpec([None, t.shape[-1]], t.dtype),
-                                            self.model.initial_states(1))
-        self.eval_step = tf.function(self._eval_step,
-                                     input_signature=[batch_spec(config, None), states_spec])
 
     def distribute(self, dataset: tf.data.Dataset):
         """For a multi-replica strategy: distributes `dataset` (global batches) and recompiles
@@ -239,18 +234,3 @@ class Trainer:
                 "grad_norm": norm, "learning_rate": lr, "finite": finite}
 
     # ---------------------------------------------------------------------------- evaluation --
-
-    def _eval_step(self, batch, states):
-        """Stateless evaluation of one window; the training RNN state is not touched.
-
-        Args:
-          batch: data-contract dict, any number of rows R.
-          states: the model's state structure for R rows (`model.initial_states(R)` at first).
-
-        Returns:
-          (sum_nll_nats float32 scalar, num_targets float32 scalar, new states).
-        """
-        states = self.model.apply_reset(states, batch["reset"])
-        logits, states = self.model.forward(batch, states, training=False)
-        nll, count = losses.nll_nats(logits, batch["targets"], batch["weights"])
-        return tf.reduce_sum(nll), tf.reduce_sum(count), states

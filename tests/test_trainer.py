@@ -12,7 +12,7 @@ import tensorflow as tf
 from absl.testing import parameterized
 
 from pipelines.windows import tbptt_windows
-from samplernn_tf import losses, quantization
+from samplernn_tf import evaluation, losses, quantization
 from samplernn_tf.config import Config, DataConfig, ModelConfig, TrainConfig
 from samplernn_tf.model import SampleRNN
 from samplernn_tf.trainer import LearningRate, Trainer
@@ -161,19 +161,20 @@ class TrainerTest(tf.test.TestCase, parameterized.TestCase):
         trainer = Trainer(config)
         trainer.train_step(data[0])
         before = tf.nest.map_structure(lambda t: t.numpy(), trainer.model.get_states())
+        eval_step = evaluation.Evaluator(trainer.model).step
         states = trainer.model.initial_states(4)
-        total, count, states = trainer.eval_step(data[0], states)
-        total2, _, _ = trainer.eval_step(data[1], states)
+        total, count, states = eval_step(data[0], states)
+        total2, _, _ = eval_step(data[1], states)
         for a, b in zip(tf.nest.flatten(before), tf.nest.flatten(trainer.model.get_states())):
             self.assertAllEqual(a, b)
         logits, _ = trainer.model.forward(data[0], trainer.model.initial_states(4))
         nll, _ = losses.nll_nats(logits, data[0]["targets"], data[0]["weights"])
-        self.assertAllClose(total, tf.reduce_sum(nll), rtol=1e-5)
-        self.assertAllClose(count, 4 * 32)
-        # Any row count works without retracing per size beyond the first call.
+        self.assertAllClose(total, nll, rtol=1e-5)
+        self.assertAllClose(count, [32] * 4)
+        # Another row count works too (one more trace at most, then shapes are relaxed).
         half = tf.nest.map_structure(lambda t: t[:2], data[1])
-        trainer.eval_step(half, trainer.model.initial_states(2))
-        self.assertEqual(trainer.eval_step.experimental_get_tracing_count(), 1)
+        eval_step(half, trainer.model.initial_states(2))
+        self.assertLessEqual(eval_step.experimental_get_tracing_count(), 2)
 
     @parameterized.parameters(("norm", "bf16"), ("value", "fp16"), ("none", "float32"))
     def test_clipping_and_precisions(self, clip_type, precision):
