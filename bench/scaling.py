@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -92,16 +91,6 @@ def worker(args) -> None:
             "ms_per_step": 1000 * best / args.steps, "replicas": strategy.num_replicas_in_sync}))
 
 
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def run_case(args, strategy, devices=1, processes=1):
     base = [sys.executable, os.path.abspath(__file__), "--worker", f"--strategy={strategy}",
             f"--devices={devices}", f"--config={args.config}", f"--precision={args.precision}",
@@ -110,11 +99,9 @@ def run_case(args, strategy, devices=1, processes=1):
     if processes == 1:
         envs = [env]
     else:
-        ports = free_ports(processes)
-        cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-        envs = [dict(env, TF_CONFIG=json.dumps({"cluster": cluster,
-                                                "task": {"type": "worker", "index": i}}))
-                for i in range(processes)]
+        sys.path.insert(0, ROOT)
+        from samplernn_tf import distribute
+        envs = [dict(env, TF_CONFIG=c) for c in distribute.local_tf_configs(processes)]
     procs = [subprocess.Popen(base, env=e, cwd=ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for e in envs]
     outs = [p.communicate(timeout=1200) for p in procs]

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import socket
 
 import tensorflow as tf
 from absl import logging
@@ -47,6 +48,30 @@ def enable_gpu_memory_growth() -> None:
             tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError as e:  # devices already initialized: keep going, say why
             logging.warning("could not enable memory growth on %s: %s", gpu.name, e)
+
+
+def local_tf_configs(num_processes: int, chief_job: bool = False) -> list[str]:
+    """TF_CONFIG values for a multi-worker job on this machine (127.0.0.1, free ports).
+
+    For trying `--strategy=multi_worker` locally, and for the tests and benchmarks. Task 0 is
+    the chief: a `chief` task if `chief_job`, else `worker` 0.
+
+    Returns:
+      One JSON string per process, in task order.
+    """
+    socks = [socket.socket() for _ in range(num_processes)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    addrs = [f"127.0.0.1:{s.getsockname()[1]}" for s in socks]
+    for s in socks:
+        s.close()
+    if chief_job:
+        cluster = {"chief": addrs[:1], "worker": addrs[1:]}
+        tasks = [("chief", 0)] + [("worker", i) for i in range(num_processes - 1)]
+    else:
+        cluster = {"worker": addrs}
+        tasks = [("worker", i) for i in range(num_processes)]
+    return [json.dumps({"cluster": cluster, "task": {"type": t, "index": i}}) for t, i in tasks]
 
 
 def parse_tf_config(text: str | None) -> dict:

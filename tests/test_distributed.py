@@ -9,7 +9,6 @@ import glob
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -51,28 +50,11 @@ MIRRORED_SCRIPT = textwrap.dedent("""
 """)
 
 
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def launch_cluster(data, logdir, *flags, chief_job=False, timeout=240):
     """Runs the train binary as a 2-process cluster; returns [(returncode, stderr)], chief first."""
-    p0, p1 = free_ports(2)
-    if chief_job:
-        cluster = {"chief": [f"127.0.0.1:{p0}"], "worker": [f"127.0.0.1:{p1}"]}
-        tasks = [("chief", 0), ("worker", 0)]
-    else:
-        cluster = {"worker": [f"127.0.0.1:{p0}", f"127.0.0.1:{p1}"]}
-        tasks = [("worker", 0), ("worker", 1)]
     procs = []
-    for kind, index in tasks:
-        env = dict(ENV, TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": kind, "index": index}}))
+    for tf_config in distribute.local_tf_configs(2, chief_job=chief_job):
+        env = dict(ENV, TF_CONFIG=tf_config)
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "samplernn_tf.train", f"--data_dir={data}", f"--logdir={logdir}",
              *MW_FLAGS, *flags], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
@@ -147,6 +129,16 @@ class DistributedRunTest(tf.test.TestCase):
         self.assertIn("RNN state and data position start afresh", log0)
         self.assertIn(f"saved checkpoint {os.path.join(logdir, 'checkpoints', 'ckpt-6')} at step 6", log0)
         self.assertEqual(glob.glob(os.path.join(logdir, "**", "workertemp_*"), recursive=True), [])
+
+    def test_local_tf_configs_are_valid_and_distinct(self):
+        for chief_job in (False, True):
+            configs = [json.loads(c) for c in distribute.local_tf_configs(3, chief_job=chief_job)]
+            for c in configs:
+                distribute.parse_tf_config(json.dumps(c))
+            addrs = [a for c in configs[:1] for job in c["cluster"].values() for a in job]
+            self.assertLen(set(addrs), 3)
+            self.assertEqual(configs[0]["task"]["type"], "chief" if chief_job else "worker")
+            self.assertEqual(len({json.dumps(c["task"]) for c in configs}), 3)
 
     def test_bad_tf_config_is_a_clear_error(self):
         with self.assertRaisesRegex(UserError, "TF_CONFIG environment variable, which is not set"):
